@@ -1,0 +1,96 @@
+"""The `crucible` command line: one subcommand per flow, each a thin call into `flows/`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows.config import PipelineConfig, is_override, load_config
+
+
+def _split(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `key=value` overrides from input paths."""
+    overrides = [a for a in args if is_override(a)]
+    return [a for a in args if a not in overrides], overrides
+
+
+def _config(ns: argparse.Namespace, extra: list[str]) -> PipelineConfig:
+    """Load the config file, apply overrides and the --run-root flag."""
+    if ns.run_root:
+        extra = [*extra, f"run_root={ns.run_root}"]
+    return load_config(ns.config, extra)
+
+
+def cmd_ingest(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible ingest PATH_OR_URL... --run-root DIR`."""
+    from flows.ingest import run_ingest
+    from tasks.demo_corpus import resolve_inputs
+
+    inputs, overrides = _split(ns.inputs)
+    cfg = _config(ns, overrides)
+    inputs = inputs or cfg.inputs
+    if not inputs:
+        raise ValueError("no inputs: give files, folders, URLs, *.urls lists or builtin:python-docs")
+    resolved = resolve_inputs(inputs, Path(cfg.run_root))
+    return run_ingest(resolved, cfg.run_root, cfg.ingest, cfg.workers)
+
+
+def cmd_run(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible run CONFIG.yaml`: the whole pipeline."""
+    from flows.pipeline import pipeline_flow
+
+    ns.config = ns.config_file
+    return pipeline_flow(config=_config(ns, ns.overrides))
+
+
+def cmd_inspect(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible inspect RUN_ROOT`: manifests, drop reasons with examples."""
+    from flows.inspect import inspect_run
+
+    return inspect_run(Path(ns.run_root_pos), ns.stage, ns.reason, ns.n, ns.docs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="crucible", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="ingest files, folders, WARCs, URLs and URL lists")
+    ingest.add_argument("inputs", nargs="*", help="paths, URLs, *.urls lists, builtin:python-docs; key=value")
+    ingest.add_argument("--config", help="YAML pipeline config (its ingest section and inputs are used)")
+    ingest.add_argument("--run-root", help="output folder (default: the config's run_root)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    run = sub.add_parser("run", help="run the whole pipeline from a YAML config")
+    run.add_argument("config_file", help="YAML pipeline config, e.g. configs/demo.yaml")
+    run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    run.add_argument("--run-root", help="output folder (default: the config's run_root)")
+    run.set_defaults(func=cmd_run)
+
+    insp = sub.add_parser("inspect", help="show a run's manifests and dropped inputs")
+    insp.add_argument("run_root_pos", metavar="RUN_ROOT")
+    insp.add_argument("--stage", default="ingest")
+    insp.add_argument("--reason", help="print examples of this drop reason")
+    insp.add_argument("-n", type=int, default=5, help="how many examples")
+    insp.add_argument("--docs", type=int, default=0, help="also print this many sample documents")
+    insp.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand, print where outputs are, exit non-zero with one line on failure."""
+    ns = build_parser().parse_args(argv)
+    try:
+        result = ns.func(ns)
+    except Exception as exc:
+        print(f"crucible {ns.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

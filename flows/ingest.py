@@ -1,0 +1,121 @@
+"""The ingest flow: raw files, WARCs and URL lists in, raw document shards and a manifest out."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.cache import result_store
+from storage.layout import code_version, read_manifest, stage_dir, stage_key, write_manifest
+from storage.refs import ShardRef
+from storage.schemas import SCHEMA_VERSION
+from tasks.ingest import CODE_MODULES, IngestConfig, ingest_group_task
+from tasks.inputs import InputGroup, discover, plan_groups
+
+STAGE = "ingest"
+
+
+def ingest_dir(run_root: str | Path, cfg: IngestConfig) -> Path:
+    """The ingest stage directory for this config and code version (inputs are content-addressed inside)."""
+    key = stage_key(STAGE, cfg.model_dump(mode="json"), None, code_version(*CODE_MODULES))
+    return stage_dir(run_root, STAGE, key)
+
+
+def _submit(group: InputGroup, cfg: IngestConfig, out_dir: Path, run_root: str) -> Any:
+    """Submit one group; force a recompute when a cached result's shard has gone missing."""
+    complete = (out_dir / group.shard_name).exists() and (out_dir / group.drops_name).exists()
+    runner = ingest_group_task.with_options(
+        task_run_name=f"ingest-{group.kind}: {group.label}",
+        tags=["ingest", f"ingest-{group.kind}"],
+        result_storage=result_store(run_root),
+        refresh_cache=not complete,
+    )
+    return runner.submit(group, cfg, str(out_dir))
+
+
+def _manifest(key: str, cfg: IngestConfig, inputs: list[str], refs: list[ShardRef]) -> dict[str, Any]:
+    """The stage manifest: shards, counts per source and per drop reason, and the resolved config."""
+    per_source: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for ref in refs:
+        per_source.update(ref.per_source)
+        reasons.update(ref.drop_reasons)
+    return {
+        "stage": STAGE,
+        "key": key,
+        "schema_version": SCHEMA_VERSION,
+        "code_version": code_version(*CODE_MODULES),
+        "upstream": None,
+        "config": cfg.model_dump(mode="json"),
+        "inputs": inputs,
+        "shards": [ref.model_dump() for ref in sorted(refs, key=lambda r: r.path)],
+        "counts": {
+            "documents": sum(r.rows for r in refs),
+            "drops": sum(r.drops for r in refs),
+            "per_source": dict(sorted(per_source.items())),
+            "drop_reasons": dict(sorted(reasons.items())),
+        },
+    }
+
+
+def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
+    """Table artifact of drop reasons and a markdown summary with the output location."""
+    counts = manifest["counts"]
+    rows = [{"reason": r, "count": n} for r, n in counts["drop_reasons"].items()] or [
+        {"reason": "-", "count": 0}
+    ]
+    create_table_artifact(
+        key="ingest-drop-reasons", table=rows, description="Inputs dropped at ingest, by reason"
+    )
+    sources = ", ".join(f"{s}: {n}" for s, n in counts["per_source"].items()) or "none"
+    create_markdown_artifact(
+        key="ingest-summary",
+        markdown=(
+            f"# Ingest\n\n- documents: **{counts['documents']}** ({sources})\n"
+            f"- drops: **{counts['drops']}**\n"
+            f"- shards: {len(manifest['shards'])}\n- output: `{out_dir}`\n"
+        ),
+        description="Ingest summary",
+    )
+
+
+@flow(name="ingest", flow_run_name="ingest {run_root}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def ingest_flow(inputs: list[str], run_root: str, config: IngestConfig | None = None) -> dict[str, Any]:
+    """Ingest files, folders, WARCs and URL lists into raw document shards; return the manifest summary."""
+    cfg = config or IngestConfig()
+    logger = get_run_logger()
+    out_dir = ingest_dir(run_root, cfg)
+    files, urls = discover(inputs)
+    groups = plan_groups(files, urls, cfg.group_files, cfg.group_bytes, cfg.urls_per_group)
+    logger.info(
+        "ingest: %d files and %d urls in %d groups -> %s", len(files), len(urls), len(groups), out_dir
+    )
+    futures = [_submit(g, cfg, out_dir, run_root) for g in groups]
+    refs = [f.result() for f in futures]
+    manifest = _manifest(out_dir.name, cfg, list(inputs), refs)
+    previous = read_manifest(out_dir)
+    # An unchanged rerun leaves the manifest untouched, so the whole stage directory stays byte-identical.
+    if (
+        previous is None
+        or previous["shards"] != manifest["shards"]
+        or previous["inputs"] != manifest["inputs"]
+    ):
+        write_manifest(out_dir, manifest)
+    _publish(manifest, out_dir)
+    counts = manifest["counts"]
+    logger.info("ingest: %d documents, %d drops -> %s", counts["documents"], counts["drops"], out_dir)
+    return {"stage_dir": str(out_dir), **counts}
+
+
+def run_ingest(inputs: list[str], run_root: str, cfg: IngestConfig, workers: int = 0) -> dict[str, Any]:
+    """Run the ingest flow with `workers` groups at once (0: one per CPU)."""
+    n = workers or os.cpu_count() or 1
+    return ingest_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
+        inputs=inputs, run_root=str(run_root), config=cfg
+    )

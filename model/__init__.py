@@ -1,0 +1,1 @@
+"""Plain PyTorch model code (no Prefect imports)."""

@@ -1,0 +1,1 @@
+"""The data contract: schemas, stage layout and atomic shard IO."""

@@ -1,0 +1,1 @@
+"""Stage logic: pure functions with thin Prefect wrappers at the bottom of each module."""

@@ -1,0 +1,140 @@
+"""Run extractors in a child process with a time limit and a memory cap.
+
+One hostile file (a PDF that makes MuPDF spin, HTML that explodes lxml) must not hang or exhaust the worker
+that runs a whole group of files. The parent sends one item at a time to a child process, receives records
+in batches as the child produces them, and kills and replaces the child when it goes silent for longer than
+the time limit or dies. Records received before the failure are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import resource
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item whose extraction did not finish: why, and how far it got."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+def _limit_memory(memory_mb: int | None) -> None:
+    """Cap the child's address space so a runaway parse fails with MemoryError, not the OOM killer."""
+    if memory_mb:
+        limit = memory_mb * 1024 * 1024
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _child(conn: Connection, fn: Callable[[Any], Iterable[Any]], memory_mb: int | None) -> None:
+    """Child loop: extract each item received and stream its records back in batches."""
+    _limit_memory(memory_mb)
+    while (msg := conn.recv()) is not None:
+        index, item = msg
+        try:
+            batch: list[Any] = []
+            for record in fn(item):
+                batch.append(record)
+                if len(batch) >= BATCH:
+                    conn.send(("records", index, batch))
+                    batch = []
+            conn.send(("records", index, batch))
+            conn.send(("done", index, None))
+        except MemoryError:
+            conn.send(("failed", index, ("extract_out_of_memory", f"over the {memory_mb} MB worker cap")))
+        except Exception as exc:  # an extractor bug must cost one file, not the whole group
+            tb = traceback.format_exc(limit=3)
+            conn.send(("failed", index, ("extract_error", f"{type(exc).__name__}: {exc}\n{tb}")))
+
+
+class _Worker:
+    """One child process and the parent's end of its pipe."""
+
+    def __init__(self, fn: Callable[[Any], Iterable[Any]], memory_mb: int | None) -> None:
+        """Start the child through the forkserver, so it never inherits the parent's threads."""
+        ctx = mp.get_context("forkserver")
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_child, args=(child_conn, fn, memory_mb), daemon=True)
+        self.proc.start()
+        child_conn.close()
+
+    def kill(self) -> None:
+        """Kill the child at once and reap it."""
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        """Ask the child to finish, then make sure it is gone."""
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(None)
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+
+
+def run_isolated(
+    fn: Callable[[Any], Iterable[Any]],
+    items: list[Any],
+    *,
+    timeout_s: float,
+    memory_mb: int | None = None,
+) -> Iterator[tuple[int, list[Any]] | Failure]:
+    """Yield `(index, records)` batches per item, or a Failure when an item times out, crashes or raises."""
+    worker: _Worker | None = None
+    try:
+        for index, item in enumerate(items):
+            worker = worker or _Worker(fn, memory_mb)
+            worker.conn.send((index, item))
+            for event in _drain(worker, index, timeout_s):
+                yield event
+                if isinstance(event, Failure) and event.reason in ("extract_timeout", "extract_crashed"):
+                    worker = None
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def _drain(worker: _Worker, index: int, timeout_s: float) -> Iterator[tuple[int, list[Any]] | Failure]:
+    """Receive one item's records until it is done, failed, silent for too long, or the child died."""
+    received = 0
+    while True:
+        if not worker.conn.poll(timeout_s):
+            worker.kill()
+            detail = f"no progress for {timeout_s:g} s after {received} records; worker killed"
+            yield Failure(index, "extract_timeout", detail)
+            return
+        try:
+            kind, _, payload = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.proc.join(5)
+            code = worker.proc.exitcode
+            worker.kill()
+            yield Failure(
+                index, "extract_crashed", f"worker exited with code {code} after {received} records"
+            )
+            return
+        if kind == "records":
+            received += len(payload)
+            if payload:
+                yield index, payload
+        elif kind == "done":
+            return
+        else:
+            yield Failure(index, *payload)
+            return
