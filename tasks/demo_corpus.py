@@ -21,6 +21,7 @@ from pathlib import Path
 BUILTIN = "builtin:python-docs"
 DOCS_URL = "https://docs.python.org/3/reference/"
 FIXED_DATE = "2024-01-01T00:00:00Z"
+SECOND_DATE = "2024-02-01T00:00:00Z"
 
 
 def _stdlib() -> Path:
@@ -93,6 +94,11 @@ def _pdf_bytes(title: str, paragraphs: list[str]) -> bytes:
     return doc.tobytes(garbage=3, deflate=True, no_new_id=True)
 
 
+def _ids(n: int) -> dict[str, str]:
+    """Fixed WARC date and record id, so the archive is the same on every machine."""
+    return {"WARC-Date": FIXED_DATE, "WARC-Record-ID": f"<urn:uuid:00000000-0000-0000-0000-{n:012d}>"}
+
+
 def _warc_bytes(pages: list[tuple[str, str]]) -> bytes:
     """A gzipped WARC of HTML responses plus a revisit, a 404 and a non-HTML record."""
     from warcio.statusandheaders import StatusAndHeaders
@@ -101,26 +107,30 @@ def _warc_bytes(pages: list[tuple[str, str]]) -> bytes:
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=True)
 
-    def record(url: str, status: str, ctype: str, body: bytes, n: int) -> None:
+    def record(url: str, status: str, ctype: str, body: bytes, n: int) -> str:
         headers = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
-        ids = {"WARC-Date": FIXED_DATE, "WARC-Record-ID": f"<urn:uuid:00000000-0000-0000-0000-{n:012d}>"}
         rec = writer.create_warc_record(
-            url, "response", payload=io.BytesIO(body), http_headers=headers, warc_headers_dict=ids
+            url, "response", payload=io.BytesIO(body), http_headers=headers, warc_headers_dict=_ids(n)
         )
         writer.write_record(rec)
+        return rec.rec_headers.get_header("WARC-Payload-Digest")
 
-    for n, (url, page) in enumerate(pages):
+    digests = [
         record(url, "200 OK", "text/html; charset=utf-8", page.encode(), n)
-    first_url, first_page = pages[0]
-    record(
-        first_url.replace(".html", "-copy.html"),
-        "200 OK",
-        "text/html; charset=utf-8",
-        first_page.encode(),
-        len(pages),
+        for n, (url, page) in enumerate(pages)
+    ]
+    n = len(pages)
+    # A crawler seeing the first page again, unchanged, writes a revisit record instead of the payload.
+    revisit = writer.create_revisit_record(
+        pages[0][0],
+        digests[0],
+        pages[0][0],
+        FIXED_DATE,
+        warc_headers_dict={**_ids(n), "WARC-Date": SECOND_DATE},
     )
-    record(DOCS_URL + "missing.html", "404 Not Found", "text/html", b"<html>Not found</html>", len(pages) + 1)
-    record(DOCS_URL + "logo.png", "200 OK", "image/png", b"\x89PNG\r\n\x1a\n", len(pages) + 2)
+    writer.write_record(revisit)
+    record(DOCS_URL + "missing.html", "404 Not Found", "text/html", b"<html>Not found</html>", n + 1)
+    record(DOCS_URL + "logo.png", "200 OK", "image/png", b"\x89PNG\r\n\x1a\n", n + 2)
     return buf.getvalue()
 
 
