@@ -48,7 +48,7 @@ def cmd_run(ns: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_inspect(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible inspect RUN_ROOT`: manifests, drop reasons with examples."""
-    from flows.inspect import inspect_run
+    from flows.inspect_run import inspect_run
 
     return inspect_run(Path(ns.run_root_pos), ns.stage, ns.reason, ns.n, ns.docs)
 
