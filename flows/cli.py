@@ -27,15 +27,13 @@ def _config(ns: argparse.Namespace, extra: list[str]) -> PipelineConfig:
 def cmd_ingest(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible ingest PATH_OR_URL... --run-root DIR`."""
     from flows.ingest import run_ingest
-    from tasks.demo_corpus import resolve_inputs
 
     inputs, overrides = _split(ns.inputs)
     cfg = _config(ns, overrides)
     inputs = inputs or cfg.inputs
     if not inputs:
         raise ValueError("no inputs: give files, folders, URLs, *.urls lists or builtin:python-docs")
-    resolved = resolve_inputs(inputs, Path(cfg.run_root))
-    return run_ingest(resolved, cfg.run_root, cfg.ingest, cfg.workers)
+    return run_ingest(inputs, cfg.run_root, cfg.ingest, cfg.workers)
 
 
 def cmd_run(ns: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from storage.cache import result_store
 from storage.layout import code_version, read_manifest, stage_dir, stage_key, write_manifest
 from storage.refs import ShardRef
 from storage.schemas import SCHEMA_VERSION
+from tasks.demo_corpus import resolve_inputs
 from tasks.ingest import CODE_MODULES, IngestConfig, ingest_group_task
 from tasks.inputs import InputGroup, discover, plan_groups
 
@@ -91,7 +92,7 @@ def ingest_flow(inputs: list[str], run_root: str, config: IngestConfig | None = 
     cfg = config or IngestConfig()
     logger = get_run_logger()
     out_dir = ingest_dir(run_root, cfg)
-    files, urls = discover(inputs)
+    files, urls = discover(resolve_inputs(inputs, Path(run_root)))
     groups = plan_groups(files, urls, cfg.group_files, cfg.group_bytes, cfg.urls_per_group)
     logger.info(
         "ingest: %d files and %d urls in %d groups -> %s", len(files), len(urls), len(groups), out_dir

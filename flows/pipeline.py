@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from flows.config import PipelineConfig
 from flows.ingest import run_ingest
-from tasks.demo_corpus import resolve_inputs
 
 
 @flow(name="pipeline", flow_run_name="pipeline {config.run_root}")
@@ -17,5 +15,4 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage in order on one config; return each stage's summary."""
     if not config.inputs:
         raise ValueError("config.inputs is empty: give files, folders, URLs or builtin:python-docs")
-    inputs = resolve_inputs(config.inputs, Path(config.run_root))
-    return {"ingest": run_ingest(inputs, config.run_root, config.ingest, config.workers)}
+    return {"ingest": run_ingest(config.inputs, config.run_root, config.ingest, config.workers)}
