@@ -33,7 +33,10 @@ CODE_MODULES = (
     "tasks.web",
     "tasks.warc",
     "tasks.text",
+    "tasks.gutenberg",
+    "tasks.markdown_text",
     "tasks.fetch",
+    "tasks.demo_corpus",
 )
 
 SOURCE_OF_KIND = {

@@ -1,0 +1,363 @@
+"""Plain text, Markdown and JSONL files (optionally gzipped) into Documents, with Drops for the rest.
+
+One file of .txt/.text/.md/.markdown is one document; a .jsonl/.ndjson file is streamed line by line and
+each record is one document, keyed by its own id (`part="id:<id>"`) when it has a unique one, else by
+its line number (`part="line:<n>"`, 1-based).
+
+Drop reasons: unsupported_file_type, text_read_error, text_too_large, text_binary, text_empty,
+jsonl_bad_line, jsonl_missing_text, and text_extract_error for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import charset_normalizer
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.schemas import Document, Drop, new_document
+from tasks.gutenberg import strip_gutenberg
+from tasks.markdown_text import clean_title, markdown_to_text
+
+SOURCE = "text"
+KINDS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown"}
+KINDS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+# UTF-32 first: its little-endian BOM starts with the UTF-16 one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_C1_BYTES = re.compile(rb"[\x80-\x9f]")  # where cp1252 and latin-1 differ
+_SNIFF_BYTES = 8192  # where NUL bytes mean "binary", as git and grep judge it
+_JUNK = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
+class TextConfig(BaseModel):
+    """How plain text, Markdown and JSONL files become documents."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    jsonl_text_field: str = Field(default="text", min_length=1)
+    """JSONL field holding the document text (a dotted path such as `doc.body` reaches nested objects)."""
+    jsonl_id_field: str = Field(default="id", min_length=1)
+    """JSONL field holding the record's own id; when present and unique in the file it keys the document
+    (`id:<value>`) instead of its line number (`line:<n>`), so re-ordering the file keeps document ids."""
+    jsonl_title_fields: tuple[str, ...] = ("title", "metadata.title")
+    """JSONL fields tried in order for the document title (dotted paths; Dolma keeps it under `metadata`)."""
+    jsonl_url_fields: tuple[str, ...] = ("url", "metadata.url")
+    """JSONL fields tried in order for the original URL, stored as `meta.url`."""
+    jsonl_keep_record: bool = True
+    """Copy every other field of a JSONL record (all but the text) into `meta.record`, so upstream metadata
+    such as language scores is kept."""
+    strip_gutenberg: bool = True
+    """Remove Project Gutenberg license headers and footers from plain text files, taking the title and
+    author from the header."""
+    max_doc_bytes: int = Field(default=64 << 20, gt=0)
+    """A single-document file (or one JSONL line) larger than this is dropped as `text_too_large` without
+    being read; gzipped files are also checked after decompression."""
+    max_control_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    """A text whose share of control characters (other than tab, newlines, form feed) and U+FFFD is above
+    this is binary junk and dropped as `text_binary`."""
+
+
+class _Origin(NamedTuple):
+    """Where the documents of one file come from."""
+
+    uri: str
+    fetched_at: datetime
+
+
+def text_kind(path: Path) -> str | None:
+    """The kind of a text input ("text", "markdown" or "jsonl"), looking through a .gz suffix."""
+    name = path.name.lower().removesuffix(".gz")
+    return KINDS.get(Path(name).suffix)
+
+
+def decode_text(raw: bytes) -> tuple[str, str]:
+    """Decode bytes to text with LF newlines: BOM, then strict UTF-8, then a detector, then cp1252/latin-1."""
+    text, encoding = _decode(raw)
+    return normalize_newlines(text).removeprefix("\ufeff"), encoding
+
+
+def normalize_newlines(text: str) -> str:
+    """Turn CRLF and lone CR line ends into LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode(raw: bytes) -> tuple[str, str]:
+    """Decode bytes, naming the encoding used (with "+replace" when bad bytes became U+FFFD)."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom) :].decode(encoding.removesuffix("-sig")), encoding
+            except UnicodeDecodeError:
+                # A BOM is strong evidence; a truncated tail should not discard the whole text.
+                return raw[len(bom) :].decode(encoding.removesuffix("-sig"), "replace"), f"{encoding}+replace"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    encoding = _detect(raw)
+    for candidate in (encoding, "cp1252"):
+        if candidate:
+            try:
+                return raw.decode(candidate), candidate
+            except (UnicodeDecodeError, LookupError):
+                continue
+    return raw.decode("latin-1"), "latin-1"  # every byte is a latin-1 character
+
+
+def _detect(raw: bytes) -> str | None:
+    """charset-normalizer's pick, unless cp1252 reads the bytes at least as well."""
+    best = charset_normalizer.from_bytes(raw).best()
+    if (
+        best is None
+        or best.encoding == "cp1252"
+        or (best.encoding == "latin_1" and not _C1_BYTES.search(raw))
+    ):
+        return best and best.encoding
+    # The detector breaks ties arbitrarily, often as cp1250, which reads French "è" as "č" and Spanish
+    # "ñ" as "ń"; cp1252, the most common legacy encoding, wins when it scores no worse.
+    western = charset_normalizer.from_bytes(raw, cp_isolation=["cp1252"]).best()
+    if western is not None and western.chaos <= best.chaos and western.coherence >= best.coherence:
+        return "cp1252"
+    return best.encoding
+
+
+def junk_ratio(text: str) -> float:
+    """Share of control characters (not tab, newlines or form feed) and U+FFFD in the text."""
+    return len(_JUNK.findall(text)) / len(text) if text else 0.0
+
+
+def _looks_binary(head: bytes) -> bool:
+    """NUL bytes near the start mean binary, unless a UTF-16/32 BOM explains them."""
+    wide = any(head.startswith(bom) for bom, enc in _BOMS if not enc.startswith("utf-8"))
+    return not wide and b"\x00" in head[:_SNIFF_BYTES]
+
+
+def _junk_drop(text: str, origin: _Origin, cfg: TextConfig, part: str = "", where: str = "") -> Drop | None:
+    """A text_binary Drop when too much of the text is control characters (where prefixes the detail)."""
+    ratio = junk_ratio(text)
+    if ratio <= cfg.max_control_ratio:
+        return None
+    detail = f"{where}{ratio:.1%} control characters is over max_control_ratio={cfg.max_control_ratio}"
+    return Drop(origin.uri, SOURCE, "text_binary", detail, part)
+
+
+# --- Single-document files --------------------------------------------------------------------------
+
+
+def _read_capped(path: Path, size: int, gz: bool, cap: int) -> bytes | None:
+    """The file's bytes (decompressed), or None when it is over the cap (checked before reading)."""
+    if size > cap:
+        return None
+    if not gz:
+        return path.read_bytes()
+    with gzip.open(path, "rb") as f:
+        raw = f.read(cap + 1)  # never inflate a gzip bomb past the cap
+    return None if len(raw) > cap else raw
+
+
+def _single_document(path: Path, size: int, kind: str, origin: _Origin, cfg: TextConfig) -> Document | Drop:
+    """One whole file as one document."""
+    gz = path.name.lower().endswith(".gz")
+    raw = _read_capped(path, size, gz, cfg.max_doc_bytes)
+    if raw is None:
+        what = "decompressed size" if gz and size <= cfg.max_doc_bytes else f"{size} bytes"
+        return Drop(origin.uri, SOURCE, "text_too_large", f"{what} is over max_doc_bytes={cfg.max_doc_bytes}")
+    if _looks_binary(raw):
+        return Drop(origin.uri, SOURCE, "text_binary", f"NUL bytes in the first {_SNIFF_BYTES} bytes")
+    text, encoding = decode_text(raw)
+    meta: dict[str, Any] = {"format": kind, "encoding": encoding}
+    title = None
+    if kind == "markdown":
+        text, title, extra = markdown_to_text(text)
+        meta |= extra
+    elif cfg.strip_gutenberg:
+        text, gutenberg = strip_gutenberg(text)
+        if gutenberg is not None:
+            meta["gutenberg"] = gutenberg
+            title = gutenberg.get("title")
+    text = text.strip()
+    if not text:
+        detail = f"no text left after decoding ({encoding}) and cleaning"
+        return Drop(origin.uri, SOURCE, "text_empty", detail)
+    if drop := _junk_drop(text, origin, cfg):
+        return drop
+    fetched = origin.fetched_at
+    return new_document(text, source=SOURCE, uri=origin.uri, title=title, fetched_at=fetched, meta=meta)
+
+
+# --- JSONL ------------------------------------------------------------------------------------------
+
+
+def _lookup(record: dict[str, Any], path: str) -> Any:
+    """A field by name, or by dotted path into nested objects; None when absent."""
+    if path in record:
+        return record[path]
+    value: Any = record
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _without(record: dict[str, Any], path: str) -> dict[str, Any]:
+    """A copy of the record without the field at path (copying only the objects along it)."""
+    if path in record or "." not in path:
+        return {k: v for k, v in record.items() if k != path}
+    head, rest = path.split(".", 1)
+    if not isinstance(record.get(head), dict):
+        return dict(record)
+    return {**record, head: _without(record[head], rest)}
+
+
+def _first_str(record: dict[str, Any], paths: tuple[str, ...]) -> str | None:
+    """The first non-empty string among the given fields."""
+    for path in paths:
+        value = _lookup(record, path)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def _reject_constant(name: str) -> float:
+    """Refuse NaN/Infinity, which are not JSON and would make meta_json invalid."""
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _record_part(
+    record: dict[str, Any], line_no: int, seen: set[str], cfg: TextConfig
+) -> tuple[str, str | None]:
+    """(part, record id): the record's id when it is a scalar not seen earlier in the file, else the line."""
+    value = _lookup(record, cfg.jsonl_id_field)
+    rid = str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
+    if rid is None or rid in seen:
+        return f"line:{line_no}", rid
+    seen.add(rid)
+    return f"id:{rid}", rid
+
+
+def _jsonl_record(
+    line: str, encoding: str, line_no: int, origin: _Origin, cfg: TextConfig, seen: set[str]
+) -> Document | Drop:
+    """One JSONL line as a document, or the Drop that says why it is not one."""
+    part = f"line:{line_no}"
+    try:
+        record = json.loads(line, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return Drop(origin.uri, SOURCE, "jsonl_bad_line", f"line {line_no}: {exc}", part)
+    if not isinstance(record, dict):
+        detail = f"line {line_no}: expected a JSON object, got {type(record).__name__}"
+        return Drop(origin.uri, SOURCE, "jsonl_bad_line", detail, part)
+    part, rid = _record_part(record, line_no, seen, cfg)
+    text = _lookup(record, cfg.jsonl_text_field)
+    if not isinstance(text, str) or not text.strip():
+        got = "missing" if text is None else "empty" if isinstance(text, str) else type(text).__name__
+        detail = f"line {line_no}: text field {cfg.jsonl_text_field!r} is {got}"
+        return Drop(origin.uri, SOURCE, "jsonl_missing_text", detail, part)
+    text = normalize_newlines(text)
+    if drop := _junk_drop(text, origin, cfg, part, f"line {line_no}: "):
+        return drop
+    meta: dict[str, Any] = {"format": "jsonl", "encoding": encoding, "line": line_no}
+    if rid is not None:
+        meta["record_id"] = rid
+    if url := _first_str(record, cfg.jsonl_url_fields):
+        meta["url"] = url
+    if cfg.jsonl_keep_record:
+        meta["record"] = _without(record, cfg.jsonl_text_field)
+    title = _first_str(record, cfg.jsonl_title_fields)
+    return new_document(
+        text, source=SOURCE, uri=origin.uri, part=part, title=title and clean_title(title),
+        fetched_at=origin.fetched_at, meta=meta,
+    )  # fmt: skip
+
+
+def _wide_encoding(stream: IO[bytes]) -> str | None:
+    """The codec of a UTF-16/32 stream (by its BOM), whose lines cannot be split on b"\\n"."""
+    head = stream.peek(4)[:4]  # type: ignore[attr-defined]
+    for bom, encoding in _BOMS:
+        if head.startswith(bom) and not encoding.startswith("utf-8"):
+            return encoding[:6]  # "utf-16"/"utf-32" consume the BOM themselves
+    return None
+
+
+def _lines(stream: IO[bytes], cap: int) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text or None when longer than cap, encoding) for every line, reading at most cap+1."""
+    wide = _wide_encoding(stream)
+    reader: IO[Any] = io.TextIOWrapper(stream, encoding=wide) if wide else stream
+    newline = "\n" if wide else b"\n"
+    line_no = 0
+    while line := reader.readline(cap + 1):
+        line_no += 1
+        if len(line) > cap and not line.endswith(newline):
+            while (rest := reader.readline(1 << 20)) and not rest.endswith(newline):
+                pass  # skip the rest of an over-long line without holding it
+            yield line_no, None, ""
+        elif wide:
+            yield line_no, normalize_newlines(line), wide
+        else:
+            yield line_no, *decode_text(line)
+
+
+def _jsonl_documents(path: Path, origin: _Origin, cfg: TextConfig) -> Iterator[Document | Drop]:
+    """Every line of a (gzipped) JSONL file as a Document or Drop; a read error ends the file with a Drop."""
+    seen: set[str] = set()
+    line_no = 0
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb") as f:
+            for line_no, line, encoding in _lines(f, cfg.max_doc_bytes):
+                if line is None:
+                    detail = f"line {line_no} is over max_doc_bytes={cfg.max_doc_bytes}"
+                    yield Drop(origin.uri, SOURCE, "text_too_large", detail, f"line:{line_no}")
+                elif line.strip():  # blank lines separate nothing and hold no record
+                    yield _jsonl_record(line, encoding, line_no, origin, cfg, seen)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        detail = f"read failed after line {line_no}: {type(exc).__name__}: {exc}"
+        yield Drop(origin.uri, SOURCE, "text_read_error", detail, f"line:{line_no + 1}")
+
+
+# --- Entry point ------------------------------------------------------------------------------------
+
+
+def _file_uri(path: Path) -> str:
+    """The file's absolute file:// URI, symlinks resolved when possible."""
+    try:
+        return path.resolve().as_uri()
+    except (OSError, RuntimeError):  # a symlink loop: keep the path as given
+        return path.absolute().as_uri()
+
+
+def extract_text_file(path: Path, cfg: TextConfig) -> Iterator[Document | Drop]:
+    """Documents from one text, Markdown or JSONL file (optionally .gz); bad input becomes Drops."""
+    uri = _file_uri(path)
+    kind = text_kind(path)
+    if kind is None:
+        detail = f"not a text file name: {path.name!r} (expected {', '.join(sorted(KINDS))}, optionally .gz)"
+        yield Drop(uri, SOURCE, "unsupported_file_type", detail)
+        return
+    try:
+        stat = path.stat()
+        origin = _Origin(uri, datetime.fromtimestamp(stat.st_mtime, tz=UTC))
+        if kind == "jsonl":
+            yield from _jsonl_documents(path, origin, cfg)
+        else:
+            yield _single_document(path, stat.st_size, kind, origin, cfg)
+    except (OSError, EOFError, zlib.error) as exc:
+        yield Drop(uri, SOURCE, "text_read_error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the contract: bad input is a Drop, never an exception out of here
+        yield Drop(uri, SOURCE, "text_extract_error", f"{type(exc).__name__}: {exc}")
