@@ -36,6 +36,8 @@ CODE_MODULES = (
     "tasks.gutenberg",
     "tasks.markdown_text",
     "tasks.fetch",
+    "tasks.netguard",
+    "tasks.robots",
     "tasks.demo_corpus",
 )
 
