@@ -1,0 +1,163 @@
+"""The ingest flow on a real Prefect server: outputs, caching, byte-identical reruns, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.ingest import ingest_flow
+from storage.layout import manifest_shards, read_manifest
+from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA
+from storage.shards import read_shard
+from tasks.demo_corpus import build_demo_corpus
+from tasks.ingest import IngestConfig
+
+
+def _run(
+    inputs: list[str], run_root: Path, cfg: IngestConfig | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Run the ingest flow; return its summary and the state names of its task runs."""
+    flow = ingest_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    state = flow(inputs=inputs, run_root=str(run_root), config=cfg or IngestConfig(), return_state=True)
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    return summary, sorted(r.state.name for r in runs)
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[str, int]]:
+    """Content hash and mtime of every file in a directory."""
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(directory.iterdir())
+    }
+
+
+def _all_rows(stage: Path) -> tuple[list[dict], list[dict]]:
+    """Every document and drop row of a complete stage."""
+    docs = [r for p in manifest_shards(stage) for r in read_shard(p, DOCUMENT_SCHEMA).to_pylist()]
+    drops = [
+        r for p in manifest_shards(stage, key="drops_path") for r in read_shard(p, DROP_SCHEMA).to_pylist()
+    ]
+    return docs, drops
+
+
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline demo corpus, built once."""
+    return build_demo_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_demo_ingest_rerun_is_cached_and_byte_identical(
+    prefect_api: str, demo_corpus: Path, tmp_path: Path
+) -> None:
+    first, states = _run([str(demo_corpus)], tmp_path)
+    assert set(states) == {"Completed"} and len(states) >= 5
+    stage = Path(first["stage_dir"])
+    per_source = first["per_source"]
+    assert per_source["pdf"] == 1 and per_source["html"] == 1
+    assert per_source["warc"] >= 60 and per_source["text"] >= 80
+    assert first["drop_reasons"].get("warc_http_status") == 1
+    assert first["drop_reasons"].get("warc_not_html") == 1
+    assert first["drop_reasons"].get("warc_revisit_duplicate") == 1
+    docs, drops = _all_rows(stage)
+    assert len(docs) == first["documents"] and len(drops) == first["drops"]
+    assert len({d["id"] for d in docs}) == len(docs)
+    pdf = next(d for d in docs if d["source"] == "pdf")
+    assert pdf["title"] == "The Python Language Reference"
+    assert "The Python Language Reference" not in pdf["text"]  # the running header is gone
+    before = _snapshot(stage)
+
+    second, states = _run([str(demo_corpus)], tmp_path)
+    assert set(states) == {"Cached"} and len(states) == len(read_manifest(stage)["shards"])
+    assert second == first
+    assert _snapshot(stage) == before  # nothing rewritten, not even the manifest
+
+
+def test_deleted_shard_is_recomputed_identically(prefect_api: str, demo_corpus: Path, tmp_path: Path) -> None:
+    first, _ = _run([str(demo_corpus / "text")], tmp_path)
+    stage = Path(first["stage_dir"])
+    shard = manifest_shards(stage)[0]
+    digest = hashlib.sha256(shard.read_bytes()).hexdigest()
+    shard.unlink()
+    second, states = _run([str(demo_corpus / "text")], tmp_path)
+    assert "Completed" in states  # the cache entry pointed at a missing file, so it ran again
+    assert hashlib.sha256(shard.read_bytes()).hexdigest() == digest
+    assert second["documents"] == first["documents"]
+
+
+def test_unsupported_and_oversized_files_are_recorded(prefect_api: str, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "notes.docx").write_bytes(b"PK\x03\x04 not really")
+    (inputs / "big.html").write_text("<html><body>" + "<p>word</p>" * 5000 + "</body></html>")
+    (inputs / ".hidden.txt").write_text("never read")
+    cfg = IngestConfig(max_file_bytes=1000)
+    summary, _ = _run([str(inputs)], tmp_path / "run", cfg)
+    assert summary["documents"] == 0
+    assert summary["drop_reasons"] == {"file_too_large": 1, "unsupported_file_type": 1}
+
+
+@pytest.mark.slow
+def test_every_shared_pdf_and_warc_is_processed(prefect_api: str, shared_data: Path, tmp_path: Path) -> None:
+    pdfs = sorted((shared_data / "pdf").rglob("*.pdf"))
+    cfg = IngestConfig.model_validate({"pdf": {"passwords": ["openpassword"]}})
+    summary, states = _run([str(shared_data / "pdf"), str(shared_data / "warc")], tmp_path, cfg)
+    assert set(states) == {"Completed"}
+    docs, drops = _all_rows(Path(summary["stage_dir"]))
+    pdf_uris = {d["uri"] for d in docs if d["source"] == "pdf"} | {
+        d["uri"] for d in drops if d["source"] == "pdf"
+    }
+    assert pdf_uris == {p.resolve().as_uri() for p in pdfs}  # every PDF ends as a document or a reason
+    reason = {Path(d["uri"]).name: d["drop_reason"] for d in drops if d["source"] == "pdf"}
+    assert reason["invalid.pdf"] == "pdf_unreadable"
+    assert reason["ccitt.pdf"] == "pdf_no_text_layer"
+    assert "libreoffice-writer-password.pdf" not in reason  # opened with the configured password
+    warc = {
+        Path(d["uri"]).name: d["drop_reason"]
+        for d in drops
+        if d["source"] == "warc" and d["uri"].startswith("file:")
+    }
+    assert warc.get("example-trunc.warc") in {"warc_truncated", "warc_malformed"}
+    assert summary["per_source"]["warc"] > 100
+
+
+def _cli(args: list[str], api: str) -> subprocess.CompletedProcess[str]:
+    """Run the crucible CLI in a subprocess against the test server."""
+    env = {**os.environ, "PREFECT_API_URL": api}
+    cmd = [sys.executable, "-m", "flows.cli", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[1]
+    )
+
+
+def test_cli_ingest_inspect_and_errors(prefect_api: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.md").write_text("---\ntitle: Alpha\n---\n# Alpha\n\nSome *real* text about alpha particles.\n")
+    (src / "b.bin").write_bytes(b"\x00\x01")
+    done = _cli(["ingest", str(src), "--run-root", str(tmp_path / "run"), "workers=1"], prefect_api)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["documents"] == 1 and summary["drop_reasons"] == {"unsupported_file_type": 1}
+    shown = _cli(
+        ["inspect", str(tmp_path / "run"), "--reason", "unsupported_file_type", "--docs", "1"], prefect_api
+    )
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["examples"][0]["uri"].endswith("b.bin") and report["documents"][0]["title"] == "Alpha"
+    failed = _cli(["ingest", str(tmp_path / "nope"), "--run-root", str(tmp_path / "run")], prefect_api)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("crucible ingest: error: FileNotFoundError")
