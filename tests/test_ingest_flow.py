@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +126,8 @@ def test_every_shared_pdf_and_warc_is_processed(prefect_api: str, shared_data: P
     assert reason["invalid.pdf"] == "pdf_unreadable"
     assert reason["ccitt.pdf"] == "pdf_no_text_layer"
     assert "libreoffice-writer-password.pdf" not in reason  # opened with the configured password
-    warc = {
-        Path(d["uri"]).name: d["drop_reason"]
-        for d in drops
-        if d["source"] == "warc" and d["uri"].startswith("file:")
-    }
-    assert warc.get("example-trunc.warc") in {"warc_truncated", "warc_malformed"}
+    warc = Counter(d["drop_reason"] for d in drops if d["source"] == "warc")
+    assert warc["warc_malformed"] >= 3 and warc["warc_revisit_duplicate"] >= 1 and warc["warc_not_html"] >= 1
     assert summary["per_source"]["warc"] > 100
 
 
