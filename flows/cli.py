@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"crucible {ns.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
     return 0
 
 
