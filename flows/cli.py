@@ -80,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand, print where outputs are, exit non-zero with one line on failure."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
+    ns, extra = parser.parse_known_args(argv)
+    if extra and (ns.command not in ("ingest", "run") or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if ns.command == "ingest":
+        ns.inputs = [*ns.inputs, *extra]
+    elif ns.command == "run":
+        ns.overrides = [*ns.overrides, *extra]
     try:
         result = ns.func(ns)
     except Exception as exc:

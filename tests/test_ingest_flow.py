@@ -128,7 +128,7 @@ def test_every_shared_pdf_and_warc_is_processed(prefect_api: str, shared_data: P
     assert "libreoffice-writer-password.pdf" not in reason  # opened with the configured password
     warc = Counter(d["drop_reason"] for d in drops if d["source"] == "warc")
     assert warc["warc_malformed"] >= 3 and warc["warc_revisit_duplicate"] >= 1 and warc["warc_not_html"] >= 1
-    assert summary["per_source"]["warc"] > 100
+    assert summary["per_source"]["warc"] >= 70
 
 
 def _cli(args: list[str], api: str) -> subprocess.CompletedProcess[str]:
@@ -157,4 +157,7 @@ def test_cli_ingest_inspect_and_errors(prefect_api: str, tmp_path: Path) -> None
     assert report["examples"][0]["uri"].endswith("b.bin") and report["documents"][0]["title"] == "Alpha"
     failed = _cli(["ingest", str(tmp_path / "nope"), "--run-root", str(tmp_path / "run")], prefect_api)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1].startswith("crucible ingest: error: FileNotFoundError")
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("crucible ingest: error:")]
+    assert errors == [
+        f"crucible ingest: error: FileNotFoundError: input {str(tmp_path / 'nope')!r} does not exist"
+    ]
