@@ -30,6 +30,7 @@ CODE_MODULES = (
     "tasks.inputs",
     "tasks.isolate",
     "tasks.pdf",
+    "tasks.pdf_layout",
     "tasks.web",
     "tasks.warc",
     "tasks.text",

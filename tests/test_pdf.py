@@ -1,4 +1,4 @@
-"""Tests for tasks/pdf.py: PDF files in, exactly one Document or Drop out, with clean text."""
+"""Tests for tasks/pdf.py and tasks/pdf_layout.py: PDF files in, one Document or Drop out, clean text."""
 
 from __future__ import annotations
 
