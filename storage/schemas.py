@@ -43,6 +43,7 @@ DROP_SCHEMA = pa.schema(
     metadata={"crucible.kind": "drops", "crucible.schema_version": str(SCHEMA_VERSION)},
 )
 
+
 def doc_id(uri: str, part: str = "") -> str:
     """Stable document id: a hash of the source URI and the part within it."""
     return hashlib.blake2b(f"{uri}#{part}".encode(), digest_size=16).hexdigest()
