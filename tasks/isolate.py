@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import resource
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -66,6 +68,9 @@ class _Worker:
     def __init__(self, fn: Callable[[Any], Iterable[Any]], memory_mb: int | None) -> None:
         """Start the child through the forkserver, so it never inherits the parent's threads."""
         ctx = mp.get_context("forkserver")
+        # The forkserver imports the extractor's module once; every later worker forks with it loaded.
+        # (Only takes effect before the server's first start, so repeating it is harmless.)
+        ctx.set_forkserver_preload([fn.__module__])
         self.conn, child_conn = ctx.Pipe()
         self.proc = ctx.Process(target=_child, args=(child_conn, fn, memory_mb), daemon=True)
         self.proc.start()
@@ -88,6 +93,16 @@ class _Worker:
         self.conn.close()
 
 
+def _check_main() -> None:
+    """Refuse a `__main__` that workers cannot re-import (stdin), which would crash every worker."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.exists(main_file):
+        raise RuntimeError(
+            f"isolated extraction starts workers that re-import __main__, but {main_file!r} is not a file: "
+            "run Crucible from a script, `python -m`, the `crucible` command or a notebook, not stdin"
+        )
+
+
 def run_isolated(
     fn: Callable[[Any], Iterable[Any]],
     items: list[Any],
@@ -96,6 +111,7 @@ def run_isolated(
     memory_mb: int | None = None,
 ) -> Iterator[tuple[int, list[Any]] | Failure]:
     """Yield `(index, records)` batches per item, or a Failure when an item times out, crashes or raises."""
+    _check_main()
     worker: _Worker | None = None
     try:
         for index, item in enumerate(items):

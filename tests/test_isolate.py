@@ -45,3 +45,13 @@ def test_extractor_exception_costs_one_item() -> None:
     assert isinstance(events[0], Failure) and events[0].reason == "extract_error"
     assert "int" in events[0].detail or "iterable" in events[0].detail
     assert isinstance(events[1], Failure) and "ValueError" in events[1].detail
+
+
+def test_a_main_from_stdin_is_refused_with_a_clear_error() -> None:
+    # Workers re-import __main__; from stdin they would all crash, so the run stops with a reason instead.
+    import subprocess
+    import sys
+
+    code = "from tasks.isolate import run_isolated; print(list(run_isolated(list, ['ab'], timeout_s=5)))"
+    done = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True)
+    assert done.returncode == 1 and "is not a file" in done.stderr
