@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,40 @@ def test_cli_ingest_inspect_and_errors(prefect_api: str, tmp_path: Path) -> None
     assert errors == [
         f"crucible ingest: error: FileNotFoundError: input {str(tmp_path / 'nope')!r} does not exist"
     ]
+
+
+@pytest.fixture
+def local_site(tmp_path: Path) -> Iterator[str]:
+    """A real HTTP server on loopback serving one article page; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    body = "".join(
+        f"<p>Paragraph {i} of a real article about alpine lakes and their cold clear water.</p>"
+        for i in range(8)
+    )
+    (site / "article.html").write_text(
+        f"<html><head><title>Alpine lakes</title></head><body><article>{body}</article></body></html>"
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_list_goes_through_fetch_and_html(prefect_api: str, local_site: str, tmp_path: Path) -> None:
+    urls = tmp_path / "seeds.urls"
+    urls.write_text(f"# seeds\n{local_site}/article.html\n{local_site}/missing.html\n")
+    cfg = IngestConfig.model_validate({"fetch": {"allow_private_addresses": True, "per_host_delay_s": 0}})
+    summary, _ = _run([str(urls)], tmp_path / "run", cfg)
+    assert summary["per_source"] == {"url": 1} and summary["drop_reasons"] == {"url_http_status": 1}
+    docs, _ = _all_rows(Path(summary["stage_dir"]))
+    assert docs[0]["title"] == "Alpine lakes" and "Paragraph 7 of a real article" in docs[0]["text"]
+    # The default refuses loopback: a pipeline must not become an SSRF tool.
+    summary, _ = _run([str(urls)], tmp_path / "run2")
+    assert summary["documents"] == 0 and summary["drop_reasons"] == {"url_private_address": 2}
