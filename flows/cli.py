@@ -36,6 +36,23 @@ def cmd_ingest(ns: argparse.Namespace) -> dict[str, Any]:
     return run_ingest(inputs, cfg.run_root, cfg.ingest, cfg.workers)
 
 
+def cmd_curate(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible curate --run-root DIR`: filter the newest ingest stage (or --ingest-dir)."""
+    from flows.curate import run_curate
+
+    cfg = _config(ns, ns.overrides)
+    return run_curate(cfg.run_root, cfg.curate, cfg.workers, ns.ingest_dir)
+
+
+def cmd_train_quality(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible train-quality --positive P... --negative N... --out DIR`."""
+    from flows.quality import train_quality_flow
+
+    return train_quality_flow(
+        positives=ns.positive, negatives=ns.negative, out_dir=ns.out, eval_jsonl=ns.eval_jsonl
+    )
+
+
 def cmd_run(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible run CONFIG.yaml`: the whole pipeline."""
     from flows.pipeline import pipeline_flow
@@ -62,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--run-root", help="output folder (default: the config's run_root)")
     ingest.set_defaults(func=cmd_ingest)
 
+    curate = sub.add_parser(
+        "curate", help="language ID, heuristic filters and quality scores over ingested shards"
+    )
+    curate.add_argument(
+        "overrides", nargs="*", help="dotted.key=value overrides, e.g. curate.langid.threshold=0.5"
+    )
+    curate.add_argument("--config", help="YAML pipeline config (its curate section is used)")
+    curate.add_argument("--run-root", help="output folder (default: the config's run_root)")
+    curate.add_argument(
+        "--ingest-dir", help="ingest stage directory to curate (default: the newest in the run root)"
+    )
+    curate.set_defaults(func=cmd_curate)
+
+    quality = sub.add_parser("train-quality", help="train the fastText quality classifier")
+    quality.add_argument("--positive", nargs="+", required=True, help="document shards or JSONL of good text")
+    quality.add_argument("--negative", nargs="+", required=True, help="document shards or JSONL of bad text")
+    quality.add_argument("--out", required=True, help="folder for quality-<hash>.bin and its card")
+    quality.add_argument("--eval-jsonl", help="labeled JSONL to report AUC on (e.g. DCLM human labels)")
+    quality.set_defaults(func=cmd_train_quality)
+
     run = sub.add_parser("run", help="run the whole pipeline from a YAML config")
     run.add_argument("config_file", help="YAML pipeline config, e.g. configs/demo.yaml")
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -83,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
     ns, extra = parser.parse_known_args(argv)
-    if extra and (ns.command not in ("ingest", "run") or any(a.startswith("-") for a in extra)):
+    if extra and (ns.command not in ("ingest", "run", "curate") or any(a.startswith("-") for a in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "ingest":
         ns.inputs = [*ns.inputs, *extra]
-    elif ns.command == "run":
+    elif ns.command in ("run", "curate"):
         ns.overrides = [*ns.overrides, *extra]
     try:
         result = ns.func(ns)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.ingest import IngestConfig
+from tasks.scoring import CurateConfig
 
 OVERRIDE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.DOTALL)
 
@@ -27,6 +28,8 @@ class PipelineConfig(BaseModel):
     """Input groups processed at once, each in its own worker process; 0 means one per CPU."""
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     """Ingest stage settings."""
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    """Curation settings: language ID, heuristic filters, quality classifier."""
 
 
 def is_override(arg: str) -> bool:

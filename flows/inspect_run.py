@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from storage.layout import find_stage_dirs, manifest_shards, read_manifest
-from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA
+from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA, SCORES_SCHEMA
 from storage.shards import read_shard
 
 
@@ -18,6 +18,27 @@ def _drop_examples(stage: Path, reason: str, n: int) -> list[dict[str, Any]]:
     for path in manifest_shards(stage, key="drops_path"):
         table = read_shard(path, DROP_SCHEMA)
         out.extend(table.filter(pc.equal(table["drop_reason"], reason)).slice(0, n - len(out)).to_pylist())
+        if len(out) >= n:
+            break
+    return out
+
+
+def _scored_examples(stage: Path, reason: str, n: int) -> list[dict[str, Any]]:
+    """Up to n documents a curate stage dropped for `reason`, with their text and signals."""
+    out: list[dict[str, Any]] = []
+    for entry in (read_manifest(stage) or {})["shards"]:
+        scores = read_shard(stage / entry["drops_path"], SCORES_SCHEMA)
+        hits = scores.filter(pc.equal(scores["drop_reason"], reason)).slice(0, n - len(out))
+        if not hits.num_rows:
+            continue
+        # The scored shard (all documents, before selection) is the curate shard's input.
+        docs = read_shard(Path(entry["inputs"][0]), DOCUMENT_SCHEMA, columns=["id", "uri", "title", "text"])
+        by_id = {d["id"]: d for d in docs.filter(pc.is_in(docs["id"], hits["id"])).to_pylist()}
+        for row in hits.to_pylist():
+            doc = by_id[row["id"]]
+            out.append(
+                {**doc, "text": doc["text"][:500], "drop_reason": reason, "signals": dict(row["signals"])}
+            )
         if len(out) >= n:
             break
     return out
@@ -47,7 +68,8 @@ def inspect_run(run_root: Path, stage: str, reason: str | None, n: int, docs: in
         **manifest["counts"],
     }
     if reason:
-        result["examples"] = _drop_examples(dirs[0], reason, n)
+        examples = _scored_examples if manifest["stage"] == "curate" else _drop_examples
+        result["examples"] = examples(dirs[0], reason, n)
     if docs:
         result["documents"] = _doc_examples(dirs[0], docs)
     return result

@@ -1,4 +1,4 @@
-"""The end-to-end pipeline flow; it grows a subflow per stage (ingest today)."""
+"""The end-to-end pipeline flow; it grows a subflow per stage (ingest and curate today)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.config import PipelineConfig
+from flows.curate import run_curate
 from flows.ingest import run_ingest
 
 
@@ -15,4 +16,6 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage in order on one config; return each stage's summary."""
     if not config.inputs:
         raise ValueError("config.inputs is empty: give files, folders, URLs or builtin:python-docs")
-    return {"ingest": run_ingest(config.inputs, config.run_root, config.ingest, config.workers)}
+    ingest = run_ingest(config.inputs, config.run_root, config.ingest, config.workers)
+    curate = run_curate(config.run_root, config.curate, config.workers, ingest["stage_dir"])
+    return {"ingest": ingest, "curate": curate}

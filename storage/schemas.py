@@ -44,6 +44,21 @@ DROP_SCHEMA = pa.schema(
 )
 
 
+# Curation sidecar: every input document's scores and its drop reason (null when kept). Signals are a map so
+# filters can add ratios without a schema change; re-thresholding reads them and never re-scores.
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("drop_reason", pa.string()),
+        pa.field("lang", pa.string()),
+        pa.field("lang_score", pa.float32()),
+        pa.field("quality_score", pa.float32()),
+        pa.field("signals", pa.map_(pa.string(), pa.float64())),
+    ],
+    metadata={"crucible.kind": "scores", "crucible.schema_version": str(SCHEMA_VERSION)},
+)
+
+
 def doc_id(uri: str, part: str = "") -> str:
     """Stable document id: a hash of the source URI and the part within it."""
     return hashlib.blake2b(f"{uri}#{part}".encode(), digest_size=16).hexdigest()

@@ -77,3 +77,17 @@ def test_ingest_code_version_covers_every_module_it_imports() -> None:
 
     not_writers = {"tasks", "storage", "storage.refs", "storage.cache", "storage.layout"}
     assert set(out) - not_writers <= set(CODE_MODULES)
+
+
+def test_curate_code_version_covers_every_module_it_imports() -> None:
+    code = (
+        "import sys, tasks.curate; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('tasks', 'storage')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    from tasks.curate import CODE_MODULES
+
+    not_writers = {"tasks", "storage", "storage.refs", "storage.cache", "storage.layout"}
+    assert set(out) - not_writers <= set(CODE_MODULES)

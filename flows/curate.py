@@ -1,0 +1,154 @@
+"""The curate flow: raw document shards in, filtered shards plus per-document scores sidecars out."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.cache import result_store
+from storage.layout import (
+    code_version,
+    find_stage_dirs,
+    read_manifest,
+    stage_dir,
+    stage_key,
+    write_manifest,
+)
+from storage.refs import ShardRef
+from storage.schemas import SCHEMA_VERSION
+from tasks.curate import CODE_MODULES, quality_threshold_task, score_shard_task, select_shard_task
+from tasks.scoring import CurateConfig, sidecar_name
+
+STAGE = "curate"
+SCORE_STAGE = "curate-scores"
+
+
+def curate_dirs(run_root: str | Path, cfg: CurateConfig, upstream: Path) -> tuple[Path, Path]:
+    """The scoring directory (keyed without thresholds) and the curate directory (keyed with everything)."""
+    code = code_version(*CODE_MODULES)
+    score_key = stage_key(SCORE_STAGE, cfg.scoring_view(), upstream.name, code)
+    key = stage_key(STAGE, cfg.model_dump(mode="json"), upstream.name, code)
+    return stage_dir(run_root, SCORE_STAGE, score_key), stage_dir(run_root, STAGE, key)
+
+
+def _upstream(run_root: str, ingest_dir: str | None) -> Path:
+    """The ingest stage to curate: the one given, or the newest complete one under the run root."""
+    if ingest_dir:
+        return Path(ingest_dir)
+    dirs = find_stage_dirs(run_root, "ingest")
+    if not dirs:
+        raise FileNotFoundError(f"no complete ingest stage under {run_root}: run `crucible ingest` first")
+    return dirs[0]
+
+
+def _options(task_obj: Any, name: str, run_root: str, out: Path, *files: str) -> Any:
+    """Run name, tags and result store; recompute when a cached result's outputs have gone missing."""
+    complete = all((out / f).exists() for f in files)
+    return task_obj.with_options(
+        task_run_name=name, tags=["curate"], result_storage=result_store(run_root), refresh_cache=not complete
+    )
+
+
+def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
+    """Table artifact of drop counts per reason and a markdown summary."""
+    counts = manifest["counts"]
+    rows = [{"reason": r, "count": n} for r, n in counts["drop_reasons"].items()] or [
+        {"reason": "-", "count": 0}
+    ]
+    create_table_artifact(key="curate-drop-reasons", table=rows, description="Documents dropped by curation")
+    create_markdown_artifact(
+        key="curate-summary",
+        markdown=(
+            f"# Curate\n\n- documents in: **{counts['documents_in']}**\n- kept: **{counts['documents']}**\n"
+            f"- dropped: **{counts['drops']}**\n- output: `{out_dir}`\n"
+        ),
+        description="Curation summary",
+    )
+
+
+@flow(name="curate", flow_run_name="curate {run_root}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def curate_flow(
+    run_root: str, config: CurateConfig | None = None, ingest_dir: str | None = None
+) -> dict[str, Any]:
+    """Score every ingested shard once, apply thresholds, and write filtered shards with scores sidecars."""
+    cfg = config or CurateConfig()
+    logger = get_run_logger()
+    upstream = _upstream(run_root, ingest_dir)
+    entries = (read_manifest(upstream) or {})["shards"]
+    score_dir, out_dir = curate_dirs(run_root, cfg, upstream)
+    logger.info("curate: %d shards from %s -> %s", len(entries), upstream, out_dir)
+    scored_futures = [
+        _options(
+            score_shard_task, f"score: {e['path']}", run_root, score_dir, e["path"], sidecar_name(e["path"])
+        ).submit(str(upstream / e["path"]), e["fingerprint"], str(score_dir), cfg)
+        for e in entries
+    ]
+    scored: list[ShardRef] = [f.result() for f in scored_futures]
+    sidecars = [str(score_dir / r.drops_path) for r in scored]
+    threshold = _options(quality_threshold_task, "quality threshold", run_root, score_dir)(
+        sidecars, cfg.quality
+    )
+    selected = [
+        _options(
+            select_shard_task, f"select: {r.path}", run_root, out_dir, r.path, sidecar_name(r.path)
+        ).submit(str(score_dir / r.path), r.fingerprint, str(out_dir), cfg, threshold)
+        for r in scored
+    ]
+    refs: list[ShardRef] = [f.result() for f in selected]
+    manifest = _manifest(out_dir.name, cfg, upstream, refs, scored, threshold)
+    previous = read_manifest(out_dir)
+    if previous is None or previous["shards"] != manifest["shards"]:
+        write_manifest(out_dir, manifest)
+    _publish(manifest, out_dir)
+    counts = manifest["counts"]
+    logger.info("curate: kept %d of %d documents -> %s", counts["documents"], counts["documents_in"], out_dir)
+    return {"stage_dir": str(out_dir), "scores_dir": str(score_dir), **counts}
+
+
+def _manifest(
+    key: str,
+    cfg: CurateConfig,
+    upstream: Path,
+    refs: list[ShardRef],
+    scored: list[ShardRef],
+    threshold: float | None,
+) -> dict[str, Any]:
+    """The curate manifest: shards, per-reason drop counts, the resolved config and the quality threshold."""
+    reasons: Counter[str] = Counter()
+    per_source: Counter[str] = Counter()
+    for ref in refs:
+        reasons.update(ref.drop_reasons)
+        per_source.update(ref.per_source)
+    return {
+        "stage": STAGE,
+        "key": key,
+        "schema_version": SCHEMA_VERSION,
+        "code_version": code_version(*CODE_MODULES),
+        "upstream": str(upstream),
+        "config": cfg.model_dump(mode="json"),
+        "quality_threshold": threshold,
+        "shards": [r.model_dump() for r in sorted(refs, key=lambda r: r.path)],
+        "counts": {
+            "documents_in": sum(r.rows for r in scored),
+            "documents": sum(r.rows for r in refs),
+            "drops": sum(r.drops for r in refs),
+            "per_source": dict(sorted(per_source.items())),
+            "drop_reasons": dict(sorted(reasons.items())),
+        },
+    }
+
+
+def run_curate(
+    run_root: str, cfg: CurateConfig, workers: int = 0, ingest_dir: str | None = None
+) -> dict[str, Any]:
+    """Run the curate flow with `workers` shards at once (0: one per CPU)."""
+    n = workers or os.cpu_count() or 1
+    return curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
+        run_root=str(run_root), config=cfg, ingest_dir=ingest_dir
+    )

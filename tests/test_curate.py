@@ -1,0 +1,90 @@
+"""The curate stage: scoring, selection, sidecars, re-thresholding without re-scoring, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from storage.schemas import DOCUMENT_SCHEMA, SCORES_SCHEMA, documents_table, new_document
+from storage.shards import file_fingerprint, read_shard, write_shard
+from tasks.heuristics import REASONS
+from tasks.scoring import CurateConfig, score_shard, select_shard, sidecar_name
+
+# Varied English prose: every heuristic keeps it (no repeated n-grams, lines end in punctuation).
+SENTENCES = [
+    "The river runs through the valley, and the old mill still stands beside the stone bridge.",
+    "Farmers have drawn water from it for centuries to irrigate their orchards and vegetable gardens.",
+    "In spring the snow melts on the mountains and the current grows strong enough to turn the wheel.",
+    "Children from the village walk along the bank each morning on their way to the small school.",
+    "A baker opened a shop near the church last year, and people now queue there before dawn.",
+    "Historians believe the first houses were built here by shepherds who followed their flocks.",
+    "The town council meets once a month to discuss roads, taxes, and the repair of the chapel roof.",
+    "Tourists arrive in summer to photograph the waterfall and to hike through the pine forest.",
+    "During the long winter evenings, families gather by the fire and tell stories about the past.",
+    "A local museum displays tools, letters, and photographs that describe how life used to be.",
+    "Many young people leave for the city, yet some return to raise their own children in the valley.",
+    "The railway reached the region in 1892 and changed the economy of every farm along the line.",
+]
+GOOD = "\n".join(SENTENCES)
+SHORT = "\n".join(SENTENCES[:6])
+
+
+def _shard(tmp_path: Path, texts: list[str]) -> Path:
+    """An ingest-like shard holding the given texts."""
+    docs = [new_document(t, source="text", uri=f"file:///in/{i}.txt") for i, t in enumerate(texts)]
+    path = tmp_path / "in" / "shard-text-test.parquet"
+    write_shard(path, documents_table(docs), DOCUMENT_SCHEMA)
+    return path
+
+
+def _curate(tmp_path: Path, texts: list[str], cfg: CurateConfig) -> tuple[list[str | None], list[dict]]:
+    """Score and select one shard; return each input's drop reason and the kept documents."""
+    src = _shard(tmp_path, texts)
+    scored = score_shard(str(src), file_fingerprint(src), str(tmp_path / "scores"), cfg)
+    scored_path = tmp_path / "scores" / scored.path
+    ref = select_shard(str(scored_path), file_fingerprint(scored_path), str(tmp_path / "out"), cfg, None)
+    side = read_shard(tmp_path / "out" / sidecar_name(ref.path), SCORES_SCHEMA)
+    kept = read_shard(tmp_path / "out" / ref.path, DOCUMENT_SCHEMA).to_pylist()
+    assert ref.rows == len(kept) and ref.drops == side.num_rows - len(kept)
+    return side.column("drop_reason").to_pylist(), kept
+
+
+def test_every_document_is_in_the_sidecar_with_a_reason_or_kept(tmp_path: Path) -> None:
+    texts = [
+        GOOD,
+        "",
+        "\x00\x01\x02\x03 binary \x00\x00 junk \xff\xfe" * 50,
+        "Der Fluss fließt durch das Tal und die alte Mühle steht daneben. " * 20,
+        "buy now " * 2000,
+        "é" * 10 + " Ã©tÃ© mojibake cafÃ© " * 40,
+    ]
+    reasons, kept = _curate(tmp_path, texts, CurateConfig())
+    assert reasons[0] is None and len(kept) == 1
+    assert kept[0]["lang"] == "en" and kept[0]["lang_score"] >= 0.65
+    assert reasons[3] == "lang_not_kept"
+    allowed = set(REASONS) | {"lang_not_kept", "lang_low_score"}
+    assert all(r in allowed for r in reasons[1:]), reasons
+
+
+def test_a_ten_megabyte_single_line_document_is_handled(tmp_path: Path) -> None:
+    line = ("word " * 2_000_000)[:10_000_000]
+    reasons, kept = _curate(tmp_path, [line, GOOD], CurateConfig())
+    assert reasons[0] is not None and reasons[1] is None and len(kept) == 1
+
+
+def test_rethresholding_reads_signals_without_rescoring(tmp_path: Path) -> None:
+    src = _shard(tmp_path, [GOOD, SHORT])
+    cfg = CurateConfig()
+    scored = score_shard(str(src), file_fingerprint(src), str(tmp_path / "scores"), cfg)
+    scored_path = tmp_path / "scores" / scored.path
+    sidecar = scored_path.with_name(sidecar_name(scored.path))
+    before = sidecar.stat().st_mtime_ns
+    strict = CurateConfig.model_validate({"filters": {"gopher_quality": {"min_doc_words": 150}}})
+    assert strict.scoring_view() == cfg.scoring_view()  # a threshold is not part of the scoring key
+    ref = select_shard(str(scored_path), file_fingerprint(scored_path), str(tmp_path / "out"), strict, None)
+    side = read_shard(tmp_path / "out" / sidecar_name(ref.path), SCORES_SCHEMA)
+    assert side.column("drop_reason").to_pylist() == [None, "gopher_short_doc"]
+    assert sidecar.stat().st_mtime_ns == before  # the scores were read, not recomputed
+    counts = pc.value_counts(side["drop_reason"]).to_pylist()
+    assert {"values": "gopher_short_doc", "counts": 1} in counts

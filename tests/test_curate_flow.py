@@ -1,0 +1,65 @@
+"""The curate flow on a real Prefect server, over the ingested demo corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import task_states
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.curate import curate_flow
+from flows.ingest import run_ingest
+from flows.inspect_run import inspect_run
+from storage.layout import manifest_shards
+from storage.schemas import DOCUMENT_SCHEMA, SCORES_SCHEMA
+from storage.shards import read_shard
+from tasks.demo_corpus import build_demo_corpus
+from tasks.ingest import IngestConfig
+from tasks.scoring import CurateConfig
+
+
+def _curate(run_root: Path, cfg: CurateConfig) -> tuple[dict[str, Any], list[str]]:
+    """Run the curate flow; return its summary and its task-run states."""
+    flow = curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    state = flow(run_root=str(run_root), config=cfg, return_state=True)
+    return state.result(), task_states(state.state_details.flow_run_id)
+
+
+@pytest.fixture(scope="module")
+def ingested(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run root holding the ingested demo corpus."""
+    root = tmp_path_factory.mktemp("run")
+    corpus = build_demo_corpus(tmp_path_factory.mktemp("corpus"))
+    run_ingest([str(corpus)], str(root), IngestConfig(), workers=2)
+    return root
+
+
+def test_curate_counts_sidecars_cache_and_rethreshold(ingested: Path) -> None:
+    first, states = _curate(ingested, CurateConfig())
+    assert set(states) == {"Completed"}
+    stage = Path(first["stage_dir"])
+    assert first["documents"] + first["drops"] == first["documents_in"] > 150
+    assert 0 < first["drops"] < first["documents_in"]
+    kept = [r for p in manifest_shards(stage) for r in read_shard(p, DOCUMENT_SCHEMA).to_pylist()]
+    side = [
+        r for p in manifest_shards(stage, key="drops_path") for r in read_shard(p, SCORES_SCHEMA).to_pylist()
+    ]
+    assert len(kept) == first["documents"] and len(side) == first["documents_in"]
+    assert {d["lang"] for d in kept} == {"en"} and all(d["lang_score"] >= 0.65 for d in kept)
+    assert {s["id"] for s in side if s["drop_reason"] is None} == {d["id"] for d in kept}
+    assert all(len(dict(s["signals"])) > 10 for s in side)
+
+    again, states = _curate(ingested, CurateConfig())
+    assert set(states) == {"Cached"} and again == first
+
+    # A stricter threshold re-applies stored signals: scoring is all cache hits, only selection runs.
+    strict = CurateConfig.model_validate({"filters": {"gopher_quality": {"min_doc_words": 400}}})
+    third, states = _curate(ingested, strict)
+    assert states.count("Cached") >= len(manifest_shards(stage)) and "Completed" in states
+    assert third["documents"] < first["documents"] and third["drop_reasons"]["gopher_short_doc"] > 0
+
+    shown = inspect_run(ingested, "curate", "gopher_short_doc", 2, 0)
+    assert len(shown["examples"]) == 2 and shown["examples"][0]["text"]
+    assert shown["examples"][0]["signals"]["gopher_quality.word_count"] < 400
