@@ -88,3 +88,51 @@ def test_rethresholding_reads_signals_without_rescoring(tmp_path: Path) -> None:
     assert sidecar.stat().st_mtime_ns == before  # the scores were read, not recomputed
     counts = pc.value_counts(side["drop_reason"]).to_pylist()
     assert {"values": "gopher_short_doc", "counts": 1} in counts
+
+
+def test_quality_scores_reach_the_sidecar_and_keep_the_top_percent(tmp_path: Path) -> None:
+    import json
+    import random
+
+    from tasks.quality import QualityConfig, QualityTrainConfig, train_quality_classifier
+    from tasks.scoring import quality_threshold
+
+    rng = random.Random(0)
+    spam = [
+        "BUY cheap pills now!!! click here",
+        "free $$$ winner casino bonus >>> sign up",
+        "hot deals 100% off",
+    ]
+    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
+    pos.write_text(
+        "".join(json.dumps({"text": " ".join(rng.sample(SENTENCES, 6))}) + "\n" for _ in range(60))
+    )
+    neg.write_text(
+        "".join(json.dumps({"text": " | ".join(rng.choices(spam, k=8))}) + "\n" for _ in range(60))
+    )
+    model = train_quality_classifier(
+        [pos], [neg], tmp_path / "model", QualityTrainConfig(epoch=5, min_count=1)
+    )
+    cfg = CurateConfig(quality=QualityConfig(model_path=model["model_path"], keep_top_percent=50))
+    # Prose with 0 to 4 spam sentences mixed in: every document passes the heuristics, scores differ.
+    adverts = [
+        "Buy cheap pills now and click here to claim your free casino bonus.",
+        "Winner! Sign up today for hot deals with one hundred percent off.",
+        "Free money is waiting, so click here and enter your card number.",
+        "Cheap watches and pills ship tonight, so buy now while deals last.",
+    ]
+    docs = ["\n".join(SENTENCES[: 8 + i % 2] + adverts[: i // 2]) for i in range(10)]
+    src = _shard(tmp_path, docs)
+    scored = score_shard(str(src), file_fingerprint(src), str(tmp_path / "scores"), cfg)
+    sidecar = tmp_path / "scores" / sidecar_name(scored.path)
+    scores = read_shard(sidecar, SCORES_SCHEMA).column("quality_score").to_pylist()
+    assert len(scores) == 10 and all(0.0 <= s <= 1.0 for s in scores)
+    threshold = quality_threshold([str(sidecar)], cfg.quality)
+    assert threshold is not None and min(scores) <= threshold <= max(scores)
+    scored_path = tmp_path / "scores" / scored.path
+    ref = select_shard(str(scored_path), file_fingerprint(scored_path), str(tmp_path / "out"), cfg, threshold)
+    reasons = (
+        read_shard(tmp_path / "out" / sidecar_name(ref.path), SCORES_SCHEMA).column("drop_reason").to_pylist()
+    )
+    assert set(reasons) <= {None, "quality_low"}
+    assert reasons.count("quality_low") == sum(s < threshold for s in scores) and 4 <= ref.rows <= 6

@@ -63,3 +63,36 @@ def test_curate_counts_sidecars_cache_and_rethreshold(ingested: Path) -> None:
     shown = inspect_run(ingested, "curate", "gopher_short_doc", 2, 0)
     assert len(shown["examples"]) == 2 and shown["examples"][0]["text"]
     assert shown["examples"][0]["signals"]["gopher_quality.word_count"] < 400
+
+
+def test_cli_curate_and_inspect(ingested: Path, prefect_api: str) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    root = Path(__file__).parents[1]
+    args = ["curate", "--run-root", str(ingested), "curate.langid.threshold=0.3", "workers=1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["documents"] + summary["drops"] == summary["documents_in"]
+    assert "lang_low_score" not in summary["drop_reasons"] or summary["drop_reasons"]["lang_low_score"] < 15
+    args = ["inspect", str(ingested), "--stage", "curate", "--reason", "gopher_few_alpha_words", "-n", "1"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=root
+    )
+    assert shown.returncode == 0, shown.stderr
+    example = json.loads(shown.stdout)["examples"][0]
+    assert example["drop_reason"] == "gopher_few_alpha_words" and example["text"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "curate", "--run-root", str(ingested / "nothing-here")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    assert bad.returncode == 1 and "no complete ingest stage" in bad.stderr
