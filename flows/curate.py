@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ from storage.layout import (
     read_manifest,
     stage_dir,
     stage_key,
+    stage_manifest,
     write_manifest,
 )
 from storage.refs import ShardRef
-from storage.schemas import SCHEMA_VERSION
 from tasks.curate import CODE_MODULES, quality_threshold_task, score_shard_task, select_shard_task
 from tasks.scoring import CurateConfig, sidecar_name
 
@@ -119,29 +118,11 @@ def _manifest(
     scored: list[ShardRef],
     threshold: float | None,
 ) -> dict[str, Any]:
-    """The curate manifest: shards, per-reason drop counts, the resolved config and the quality threshold."""
-    reasons: Counter[str] = Counter()
-    per_source: Counter[str] = Counter()
-    for ref in refs:
-        reasons.update(ref.drop_reasons)
-        per_source.update(ref.per_source)
-    return {
-        "stage": STAGE,
-        "key": key,
-        "schema_version": SCHEMA_VERSION,
-        "code_version": code_version(*CODE_MODULES),
-        "upstream": str(upstream),
-        "config": cfg.model_dump(mode="json"),
-        "quality_threshold": threshold,
-        "shards": [r.model_dump() for r in sorted(refs, key=lambda r: r.path)],
-        "counts": {
-            "documents_in": sum(r.rows for r in scored),
-            "documents": sum(r.rows for r in refs),
-            "drops": sum(r.drops for r in refs),
-            "per_source": dict(sorted(per_source.items())),
-            "drop_reasons": dict(sorted(reasons.items())),
-        },
-    }
+    """The stage manifest, plus documents in and the quality threshold applied."""
+    code = code_version(*CODE_MODULES)
+    manifest = stage_manifest(STAGE, key, code, str(upstream), cfg.model_dump(mode="json"), refs)
+    manifest["counts"]["documents_in"] = sum(r.rows for r in scored)
+    return {**manifest, "quality_threshold": threshold}
 
 
 def run_curate(

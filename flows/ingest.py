@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from storage.cache import result_store
-from storage.layout import code_version, read_manifest, stage_dir, stage_key, write_manifest
+from storage.layout import code_version, read_manifest, stage_dir, stage_key, stage_manifest, write_manifest
 from storage.refs import ShardRef
-from storage.schemas import SCHEMA_VERSION
 from tasks.demo_corpus import resolve_inputs
 from tasks.ingest import CODE_MODULES, IngestConfig, ingest_group_task
 from tasks.inputs import InputGroup, discover, plan_groups
@@ -41,28 +39,11 @@ def _submit(group: InputGroup, cfg: IngestConfig, out_dir: Path, run_root: str) 
 
 
 def _manifest(key: str, cfg: IngestConfig, inputs: list[str], refs: list[ShardRef]) -> dict[str, Any]:
-    """The stage manifest: shards, counts per source and per drop reason, and the resolved config."""
-    per_source: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    for ref in refs:
-        per_source.update(ref.per_source)
-        reasons.update(ref.drop_reasons)
-    return {
-        "stage": STAGE,
-        "key": key,
-        "schema_version": SCHEMA_VERSION,
-        "code_version": code_version(*CODE_MODULES),
-        "upstream": None,
-        "config": cfg.model_dump(mode="json"),
-        "inputs": inputs,
-        "shards": [ref.model_dump() for ref in sorted(refs, key=lambda r: r.path)],
-        "counts": {
-            "documents": sum(r.rows for r in refs),
-            "drops": sum(r.drops for r in refs),
-            "per_source": dict(sorted(per_source.items())),
-            "drop_reasons": dict(sorted(reasons.items())),
-        },
-    }
+    """The stage manifest, plus the inputs it covers."""
+    manifest = stage_manifest(
+        STAGE, key, code_version(*CODE_MODULES), None, cfg.model_dump(mode="json"), refs
+    )
+    return {**manifest, "inputs": inputs}
 
 
 def _publish(manifest: dict[str, Any], out_dir: Path) -> None:

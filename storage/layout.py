@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from storage.refs import ShardRef
 from storage.schemas import SCHEMA_VERSION
 from storage.shards import ShardError, atomic_write
 
@@ -85,3 +87,29 @@ def find_stage_dirs(run_root: Path | str, stage: str) -> list[Path]:
     base = Path(run_root) / stage
     dirs = [d for d in base.glob("*") if (d / MANIFEST).exists()] if base.is_dir() else []
     return sorted(dirs, key=lambda d: (d / MANIFEST).stat().st_mtime, reverse=True)
+
+
+def stage_manifest(
+    stage: str, key: str, code: str, upstream: str | None, config: dict[str, Any], refs: list[ShardRef]
+) -> dict[str, Any]:
+    """The manifest every stage writes: identity, config, shards, counts per source and per reason."""
+    per_source: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for ref in refs:
+        per_source.update(ref.per_source)
+        reasons.update(ref.drop_reasons)
+    return {
+        "stage": stage,
+        "key": key,
+        "schema_version": SCHEMA_VERSION,
+        "code_version": code,
+        "upstream": upstream,
+        "config": config,
+        "shards": [ref.model_dump() for ref in sorted(refs, key=lambda r: r.path)],
+        "counts": {
+            "documents": sum(r.rows for r in refs),
+            "drops": sum(r.drops for r in refs),
+            "per_source": dict(sorted(per_source.items())),
+            "drop_reasons": dict(sorted(reasons.items())),
+        },
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -64,30 +65,16 @@ def test_plan_groups_bounds_size_and_keeps_warcs_alone(tmp_path: Path) -> None:
     assert [g.key for g in plan_groups(files, [], 2, 10_000, 1)] == [g.key for g in groups[:5]]
 
 
-def test_ingest_code_version_covers_every_module_it_imports() -> None:
-    # A module missing from CODE_MODULES could change what ingest writes without changing the stage key.
+@pytest.mark.parametrize("stage", ["ingest", "curate"])
+def test_stage_code_version_covers_every_module_it_imports(stage: str) -> None:
+    # A module missing from CODE_MODULES could change what a stage writes without changing its key.
     code = (
-        "import sys, tasks.ingest; "
+        f"import sys, tasks.{stage}; "
         "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('tasks', 'storage')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    from tasks.ingest import CODE_MODULES
-
+    modules = importlib.import_module(f"tasks.{stage}").CODE_MODULES
     not_writers = {"tasks", "storage", "storage.refs", "storage.cache", "storage.layout"}
-    assert set(out) - not_writers <= set(CODE_MODULES)
-
-
-def test_curate_code_version_covers_every_module_it_imports() -> None:
-    code = (
-        "import sys, tasks.curate; "
-        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('tasks', 'storage')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    from tasks.curate import CODE_MODULES
-
-    not_writers = {"tasks", "storage", "storage.refs", "storage.cache", "storage.layout"}
-    assert set(out) - not_writers <= set(CODE_MODULES)
+    assert set(out) - not_writers <= set(modules)
