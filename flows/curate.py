@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.cache import result_store
+from storage.cache import cached_options
 from storage.layout import (
     code_version,
     find_stage_dirs,
@@ -47,11 +47,8 @@ def _upstream(run_root: str, ingest_dir: str | None) -> Path:
 
 
 def _options(task_obj: Any, name: str, run_root: str, out: Path, *files: str) -> Any:
-    """Run name, tags and result store; recompute when a cached result's outputs have gone missing."""
-    complete = all((out / f).exists() for f in files)
-    return task_obj.with_options(
-        task_run_name=name, tags=["curate"], result_storage=result_store(run_root), refresh_cache=not complete
-    )
+    """A curate task with its name and tags; recomputed when its outputs have gone missing."""
+    return cached_options(task_obj, name, ["curate"], run_root, out, *files)
 
 
 def _publish(manifest: dict[str, Any], out_dir: Path) -> None:

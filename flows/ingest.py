@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.cache import result_store
+from storage.cache import cached_options
 from storage.layout import code_version, read_manifest, stage_dir, stage_key, stage_manifest, write_manifest
 from storage.refs import ShardRef
 from tasks.demo_corpus import resolve_inputs
@@ -28,12 +28,9 @@ def ingest_dir(run_root: str | Path, cfg: IngestConfig) -> Path:
 
 def _submit(group: InputGroup, cfg: IngestConfig, out_dir: Path, run_root: str) -> Any:
     """Submit one group; force a recompute when a cached result's shard has gone missing."""
-    complete = (out_dir / group.shard_name).exists() and (out_dir / group.drops_name).exists()
-    runner = ingest_group_task.with_options(
-        task_run_name=f"ingest-{group.kind}: {group.label}",
-        tags=["ingest", f"ingest-{group.kind}"],
-        result_storage=result_store(run_root),
-        refresh_cache=not complete,
+    name, tags = f"ingest-{group.kind}: {group.label}", ["ingest", f"ingest-{group.kind}"]
+    runner = cached_options(
+        ingest_group_task, name, tags, run_root, out_dir, group.shard_name, group.drops_name
     )
     return runner.submit(group, cfg, str(out_dir))
 

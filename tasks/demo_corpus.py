@@ -18,6 +18,8 @@ import sysconfig
 from importlib import metadata
 from pathlib import Path
 
+from storage.shards import atomic_write
+
 BUILTIN = "builtin:python-docs"
 DOCS_URL = "https://docs.python.org/3/reference/"
 FIXED_DATE = "2024-01-01T00:00:00Z"
@@ -39,10 +41,7 @@ def _topics() -> dict[str, str]:
 def _write_once(path: Path, data: bytes) -> None:
     """Write a file unless it already exists (so reruns keep identical inputs)."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _topic_page(name: str, text: str) -> str:

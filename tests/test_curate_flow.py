@@ -81,6 +81,15 @@ def test_cli_curate_and_inspect(ingested: Path, prefect_api: str) -> None:
     summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert summary["documents"] + summary["drops"] == summary["documents_in"]
     assert "lang_low_score" not in summary["drop_reasons"] or summary["drop_reasons"]["lang_low_score"] < 15
+    # The override reached the stage: its manifest records it, and no kept document is below it.
+    manifest = json.loads((Path(summary["stage_dir"]) / "_manifest.json").read_text())
+    assert manifest["config"]["langid"]["threshold"] == 0.3
+    kept = [
+        d
+        for p in manifest_shards(Path(summary["stage_dir"]))
+        for d in read_shard(p, DOCUMENT_SCHEMA).to_pylist()
+    ]
+    assert kept and min(d["lang_score"] for d in kept) >= 0.3
     args = ["inspect", str(ingested), "--stage", "curate", "--reason", "gopher_few_alpha_words", "-n", "1"]
     shown = subprocess.run(
         [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=root
