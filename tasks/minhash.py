@@ -1,44 +1,30 @@
 """Deterministic, vectorized MinHash-LSH for near-duplicate detection (FineWeb settings; DESIGN.md §7).
 
-Pipeline of pure functions: `normalize` -> `shingle_hashes` (64-bit hashes of distinct word n-grams) ->
-`signatures` (bands*rows minimums under a seeded family of 64-bit bijective mixers, vectorized over a batch)
--> `band_keys` (one 64-bit key per band) -> `candidate_pairs` (documents sharing a band bucket) ->
+Pipeline of pure functions: `tasks.shingles` (normalized word n-gram hashes) -> `signatures` (bands*rows
+minimums under a seeded family of 64-bit multiply-add permutations, vectorized over a batch) ->
+`band_keys` (one 64-bit key per band) -> `candidate_pairs` (documents sharing a band bucket) ->
 `jaccard` (exact verification) -> `clusters` (union-find, root = smallest index).
 
-Every hash is defined here from fixed constants (blake2b for words, the murmur3 64-bit finalizer for
-mixing), so results are identical across processes, machines and numpy versions; Python's `hash` is
-never used. Empty documents get an all-ones sentinel signature that `candidate_pairs` never pairs.
+Every hash is defined from fixed constants (here and in `tasks.shingles`), so results are identical
+across processes, machines and numpy versions; Python's `hash` is never used. Empty documents get an
+all-ones sentinel signature that `candidate_pairs` never pairs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-U64 = np.uint64
+from tasks.shingles import GOLDEN, U64, batch_shingles, fmix64
+
 SENTINEL = np.uint64(0xFFFFFFFFFFFFFFFF)
 """Signature value of empty documents and band key of their bands; never put in a bucket."""
 
-_C1 = np.uint64(0xFF51AFD7ED558CCD)
-_C2 = np.uint64(0xC4CEB9FE1A85EC53)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_S33 = np.uint64(33)
-# Shingles per slice in `signatures`: bounds the (slice, permutations) temporary to ~30 MB whatever
+# Shingles per slice in `signatures`: bounds the (permutations, slice) temporary to ~30 MB whatever
 # the document sizes, while keeping numpy calls large enough to amortize their overhead.
 _SLICE = 1 << 15
-
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# Anything that is not a letter, digit or whitespace: punctuation and symbols (underscore counts too).
-_NON_WORD = re.compile(r"[^\w\s]|_")
-# Only non-ASCII characters can be combining marks: testing just those keeps mostly-ASCII text fast.
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_APOSTROPHES = re.compile(r"['’ʼ`]")
 
 
 class MinHashConfig(BaseModel):
@@ -82,90 +68,34 @@ def detection_probability(similarity: float, cfg: MinHashConfig) -> float:
     return 1.0 - (1.0 - similarity**cfg.rows) ** cfg.bands
 
 
-def _drop_combining(match: re.Match[str]) -> str:
-    """Empty for a combining mark, else the character itself."""
-    char = match.group()
-    return "" if unicodedata.combining(char) else char
-
-
-def normalize(text: str) -> str:
-    """Lowercase, strip accents, drop punctuation, map numbers to 0 and collapse whitespace."""
-    text = text.lower()
-    if not text.isascii():
-        # NFKD splits accented letters into base + combining mark; dropping the marks strips accents.
-        text = _NON_ASCII.sub(_drop_combining, unicodedata.normalize("NFKD", text))
-    text = _NUMBER.sub("0", text)
-    # Apostrophes join ("don't" == "dont"); other punctuation separates (em dashes, slashes).
-    text = _APOSTROPHES.sub("", text)
-    text = _NON_WORD.sub(" ", text)
-    return " ".join(text.split())
-
-
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """Murmur3's 64-bit finalizer, in place: a bijection with full avalanche (wrapping uint64 math)."""
-    x ^= x >> _S33
-    x *= _C1
-    x ^= x >> _S33
-    x *= _C2
-    x ^= x >> _S33
-    return x
-
-
-@lru_cache(maxsize=1 << 18)
-def _word_hash(word: str) -> int:
-    """Stable 64-bit hash of one word (blake2b: C-backed, identical in every process)."""
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """Sorted distinct 64-bit hashes of the normalized text's word n-grams (short text: one shingle)."""
-    if ngram < 1:
-        raise ValueError(f"ngram must be >= 1, got {ngram}")
-    words = normalize(text).split()
-    if not words:
-        return np.empty(0, dtype=U64)
-    width = min(ngram, len(words))
-    count = len(words) - width + 1
-    word_h = np.fromiter((_word_hash(w) for w in words), dtype=U64, count=len(words))
-    # Order-sensitive chain over the window, vectorized over all window positions at once.
-    acc = np.full(count, np.uint64(width), dtype=U64)
-    for j in range(width):
-        acc *= _GOLDEN
-        acc ^= word_h[j : j + count]
-        _fmix64(acc)
-    return np.unique(acc)
-
-
 def _permutation_params(cfg: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Odd multipliers and xor masks of the permutation family, derived from the seed by splitmix."""
-    counter = np.arange(1, 2 * cfg.permutations + 1, dtype=U64) * _GOLDEN
+    """Odd multipliers and addends of the permutation family, derived from the seed by splitmix."""
+    counter = np.arange(1, 2 * cfg.permutations + 1, dtype=U64) * GOLDEN
     counter += np.uint64(cfg.seed)
-    params = _fmix64(_fmix64(counter))
+    params = fmix64(fmix64(counter))
     mult = params[: cfg.permutations] | np.uint64(1)  # odd => multiplication is a bijection mod 2**64
     return mult, params[cfg.permutations :]
 
 
-def _signatures_of_hashes(shingles: Sequence[np.ndarray], cfg: MinHashConfig) -> np.ndarray:
-    """MinHash signatures of documents given as arrays of shingle hashes."""
-    n, perms = len(shingles), cfg.permutations
+def _signatures_of_flat(flat: np.ndarray, counts: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+    """MinHash signatures of documents given as their shingle hashes, concatenated, and counts."""
+    n, perms = len(counts), cfg.permutations
     sigs = np.full((n, perms), SENTINEL, dtype=U64)
-    lengths = np.fromiter((len(s) for s in shingles), dtype=np.int64, count=n)
-    docs = np.flatnonzero(lengths)  # empty documents keep the sentinel (reduceat cannot do empty segments)
+    docs = np.flatnonzero(counts)  # empty documents keep the sentinel (reduceat cannot do empty segments)
     if docs.size == 0:
         return sigs
-    flat = np.concatenate([shingles[i] for i in docs]).astype(U64, copy=False)
-    bounds = np.concatenate(([0], np.cumsum(lengths[docs])))
-    mult, mask = _permutation_params(cfg)
+    bounds = np.concatenate(([0], np.cumsum(counts[docs])))
+    mult, add = _permutation_params(cfg)
     for lo in range(0, flat.size, _SLICE):
         hi = min(lo + _SLICE, flat.size)
         inner = bounds[(bounds > lo) & (bounds < hi)]
         cuts = np.concatenate(([lo], inner))
         owners = docs[np.searchsorted(bounds, cuts, side="right") - 1]
-        # h_p(x) = fmix64((x * m_p) ^ a_p): a seeded bijection per permutation, all at once.
-        block = flat[lo:hi, None] * mult[None, :]
-        block ^= mask[None, :]
-        _fmix64(block)
-        partial = np.minimum.reduceat(block, cuts - lo, axis=0)
+        # h_p(x) = x * m_p + a_p (mod 2**64): shingle hashes are already fully mixed, so a multiply-add
+        # per permutation orders them independently; (permutations, shingles) keeps the rows contiguous.
+        block = mult[:, None] * flat[None, lo:hi]
+        block += add[:, None]
+        partial = np.minimum.reduceat(block, cuts - lo, axis=1).T
         # Segments of one slice belong to distinct documents, so fancy-index assignment is safe.
         sigs[owners] = np.minimum(sigs[owners], partial)
     return sigs
@@ -173,7 +103,8 @@ def _signatures_of_hashes(shingles: Sequence[np.ndarray], cfg: MinHashConfig) ->
 
 def signatures(texts: Sequence[str], cfg: MinHashConfig) -> np.ndarray:
     """MinHash signatures (len(texts), bands*rows) uint64 of a batch; empty texts get the sentinel."""
-    return _signatures_of_hashes([shingle_hashes(t, cfg.ngram) for t in texts], cfg)
+    flat, counts = batch_shingles(texts, cfg.ngram)
+    return _signatures_of_flat(flat, counts, cfg)
 
 
 def band_keys(sigs: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
@@ -184,9 +115,9 @@ def band_keys(sigs: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
     cube = sigs.reshape(len(sigs), cfg.bands, cfg.rows)
     keys = np.full((len(sigs), cfg.bands), np.uint64(cfg.rows), dtype=U64)
     for r in range(cfg.rows):
-        keys *= _GOLDEN
+        keys *= GOLDEN
         keys ^= cube[:, :, r]
-        _fmix64(keys)
+        fmix64(keys)
     # A real band hashing to the sentinel (chance 2**-64) is nudged so it still gets bucketed.
     keys[keys == SENTINEL] = SENTINEL - np.uint64(1)
     keys[(cube == SENTINEL).all(axis=2)] = SENTINEL

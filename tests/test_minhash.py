@@ -22,10 +22,9 @@ from tasks.minhash import (
     clusters,
     detection_probability,
     jaccard,
-    normalize,
-    shingle_hashes,
     signatures,
 )
+from tasks.shingles import normalize, shingle_hashes
 
 CFG = MinHashConfig()
 BOOKS = (
