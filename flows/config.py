@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.dedup_config import DedupConfig
 from tasks.ingest import IngestConfig
 from tasks.scoring import CurateConfig
 
@@ -30,6 +31,8 @@ class PipelineConfig(BaseModel):
     """Ingest stage settings."""
     curate: CurateConfig = Field(default_factory=CurateConfig)
     """Curation settings: language ID, heuristic filters, quality classifier."""
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    """Deduplication settings: exact, MinHash-LSH near dedup, verification, persistent index."""
 
 
 def is_override(arg: str) -> bool:

@@ -58,6 +58,43 @@ SCORES_SCHEMA = pa.schema(
     metadata={"crucible.kind": "scores", "crucible.schema_version": str(SCHEMA_VERSION)},
 )
 
+# Dedup signatures of one input shard: per document its exact-dedup hash, length (for the keep rule) and LSH
+# band keys. The MinHash settings and the input fingerprint are in the file's metadata (tasks.dedup_sigs).
+SIGNATURE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("band_keys", pa.list_(pa.uint64()), nullable=False),
+    ],
+    metadata={"crucible.kind": "signatures", "crucible.schema_version": str(SCHEMA_VERSION)},
+)
+
+# Dedup sidecar: every input document, its drop reason (null when kept), its duplicate cluster (null when it
+# has no duplicate), the id of the document kept for that cluster and the exact Jaccard similarity to it.
+DEDUP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("drop_reason", pa.string()),
+        pa.field("cluster_id", pa.string()),
+        pa.field("kept_id", pa.string()),
+        pa.field("similarity", pa.float32()),
+    ],
+    metadata={"crucible.kind": "dedup", "crucible.schema_version": str(SCHEMA_VERSION)},
+)
+
+# One part of the persistent dedup index: the documents a dedup run kept, with where their text lives.
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("band_keys", pa.list_(pa.uint64()), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+    ],
+    metadata={"crucible.kind": "dedup-index", "crucible.schema_version": str(SCHEMA_VERSION)},
+)
+
 
 def doc_id(uri: str, part: str = "") -> str:
     """Stable document id: a hash of the source URI and the part within it."""

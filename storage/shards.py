@@ -116,12 +116,14 @@ def read_shard(path: Path, schema: pa.Schema, columns: list[str] | None = None) 
         raise ShardError(f"{path} is unreadable: {exc}") from exc
 
 
-def iter_batches(path: Path, schema: pa.Schema, batch_size: int = ROW_GROUP_SIZE) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    path: Path, schema: pa.Schema, batch_size: int = ROW_GROUP_SIZE, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
     """Stream a validated shard in record batches, so memory stays flat for big shards."""
     pf = _open(path)
     check_schema(pf.schema_arrow, schema, what=str(path))
     _check_version(pf.schema_arrow, path)
-    yield from pf.iter_batches(batch_size=batch_size)
+    yield from pf.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def _open(path: Path) -> pq.ParquetFile:

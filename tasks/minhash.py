@@ -124,22 +124,29 @@ def band_keys(sigs: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
     return keys
 
 
-def candidate_pairs(keys: np.ndarray) -> np.ndarray:
-    """Unique sorted (i, j), i < j, pairs sharing a band bucket: each bucket links its first to the rest."""
+def candidate_pairs(keys: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
+    """Unique sorted (i, j), i < j, pairs sharing a band bucket: each bucket links its first to the rest.
+
+    A bucket's first member is the one with the lowest `priority` (default: the lowest index), so a
+    caller can make every bucket centre on the document it would keep.
+    """
     keys = np.asarray(keys, dtype=U64)
     if keys.ndim != 2:
         raise ValueError(f"keys must have shape (n, bands), got {keys.shape}")
     n = keys.shape[0]
+    priority = np.arange(n) if priority is None else np.asarray(priority)
     found: list[np.ndarray] = []
     for band in range(keys.shape[1]):
-        order = np.argsort(keys[:, band], kind="stable")  # stable: bucket members in increasing index
+        order = np.lexsort((priority, keys[:, band]))  # by key, then members by priority
         col = keys[order, band]
         starts = np.ones(n, dtype=bool)
         starts[1:] = col[1:] != col[:-1]
         first = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
         member = ~starts & (col != SENTINEL)
-        # Encode (first, other) as one int64 so np.unique dedupes pairs across bands in one pass.
-        found.append(first[member].astype(np.int64) * n + order[member])
+        low = np.minimum(first[member], order[member]).astype(np.int64)
+        high = np.maximum(first[member], order[member])
+        # Encode (low, high) as one int64 so np.unique dedupes pairs across bands in one pass.
+        found.append(low * n + high)
     if not found or n == 0:
         return np.empty((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(found))

@@ -36,3 +36,32 @@ def task_states(flow_run_id: object) -> list[str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return sorted(r.state.name for r in runs)
+
+
+def write_doc_stage(directory: Path, shards: list[list[object]], stage: str = "curate") -> Path:
+    """A complete stage directory (shards + manifest) holding the given Documents, one list per shard."""
+    from storage.layout import stage_manifest, write_manifest
+    from storage.refs import ShardRef
+    from storage.schemas import DOCUMENT_SCHEMA, documents_table
+    from storage.shards import file_fingerprint, write_shard
+
+    refs = []
+    for k, docs in enumerate(shards):
+        path = directory / f"shard-{k:05d}.parquet"
+        write_shard(path, documents_table(docs), DOCUMENT_SCHEMA)
+        refs.append(
+            ShardRef(
+                path=path.name,
+                rows=len(docs),
+                bytes=path.stat().st_size,
+                fingerprint=file_fingerprint(path),
+                drops_path=path.name,
+                drops=0,
+                inputs=[],
+                per_source={},
+                drop_reasons={},
+                seconds=0.0,
+            )
+        )
+    write_manifest(directory, stage_manifest(stage, directory.name, "test", None, {}, refs))
+    return directory

@@ -123,6 +123,9 @@ def test_candidate_pairs_links_first_of_each_bucket() -> None:
     keys = np.array([[5, 1], [7, 2], [5, 3], [7, 4], [5, 1], [9, SENTINEL], [8, SENTINEL]], dtype=np.uint64)
     assert candidate_pairs(keys).tolist() == [[0, 2], [0, 4], [1, 3]]
     assert candidate_pairs(np.empty((0, 14), np.uint64)).shape == (0, 2)
+    # With a priority, each bucket centres on its lowest-priority member; pairs stay (low, high).
+    priority = np.array([6, 5, 0, 3, 2, 1, 4])
+    assert candidate_pairs(keys, priority).tolist() == [[0, 2], [0, 4], [1, 3], [2, 4]]
 
 
 def test_clusters_deterministic_and_minimal_roots() -> None:
@@ -179,11 +182,16 @@ def _chunks(paragraphs: list[str], words: int = 300) -> list[str]:
     return out
 
 
+HEADERS = ("Chapter {n}", "Posted on 2024-03-{n:02d} by admin", "Page {n} of 40", "Reprinted with permission")
+
+
 def _variant(text: str, rng: random.Random) -> str:
-    """Re-wrapped lines, up to ~3% of words replaced, and sometimes one paragraph dropped."""
+    """Re-wrapped lines, up to ~3% of words replaced, sometimes a header changed or a paragraph dropped."""
     paras = text.split("\n\n")
     if len(paras) > 2 and rng.random() < 0.4:
         del paras[rng.randrange(len(paras))]
+    if rng.random() < 0.3:
+        paras.insert(0, rng.choice(HEADERS).format(n=rng.randrange(1, 29)))
     out = []
     for para in paras:
         words = para.split()

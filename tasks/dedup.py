@@ -1,0 +1,78 @@
+"""Prefect wrappers for dedup; signatures are computed in an isolated worker process per shard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+
+from storage.cache import SHARD_POLICY
+from storage.layout import short_hash
+from tasks.dedup_config import DedupConfig
+from tasks.dedup_sigs import SigRef, signature_shard, signature_view
+from tasks.dedup_stage import bucket_step, cluster_step, commit_step, filter_shard
+from tasks.isolate import Failure, run_isolated
+
+# Modules whose source decides what dedup writes; their hash is part of the stage keys.
+CODE_MODULES = (
+    "storage.schemas",
+    "storage.shards",
+    "tasks.dedup",
+    "tasks.dedup_config",
+    "tasks.dedup_index",
+    "tasks.dedup_resolve",
+    "tasks.dedup_sigs",
+    "tasks.dedup_stage",
+    "tasks.isolate",
+    "tasks.minhash",
+    "tasks.shingles",
+)
+# The subset that decides signature files: their folder is keyed by it, so unrelated changes reuse them.
+SIGNATURE_MODULES = ("storage.schemas", "tasks.dedup_sigs", "tasks.minhash", "tasks.shingles")
+
+SIGNATURE_TIMEOUT_S = 3600
+SIGNATURE_MEMORY_MB = 8192
+
+
+def signature_item(item: tuple[str, str, str, DedupConfig]) -> Iterator[SigRef]:
+    """Worker-process entry point: compute one shard's signature file and yield its ref."""
+    yield signature_shard(*item)
+
+
+def signature_shard_isolated(in_path: str, in_fingerprint: str, out_dir: str, cfg: DedupConfig) -> SigRef:
+    """Compute one shard's signatures in a worker process (CPU-parallel; a crash costs one attempt)."""
+    item = (in_path, in_fingerprint, out_dir, cfg)
+    for event in run_isolated(
+        signature_item, [item], timeout_s=SIGNATURE_TIMEOUT_S, memory_mb=SIGNATURE_MEMORY_MB
+    ):
+        if isinstance(event, Failure):
+            raise RuntimeError(f"signatures of {in_path} failed: {event.reason}: {event.detail}")
+        return event[1][0]
+    raise RuntimeError(f"signatures of {in_path} returned nothing")
+
+
+def _signature_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of a signature task: the shard's content and the MinHash settings, not its path."""
+    keyed = [parameters["in_fingerprint"], parameters["out_dir"], signature_view(parameters["cfg"])]
+    return short_hash(keyed, 32)
+
+
+# Keyed on content: a shard that reappears unchanged in a later upstream stage reuses its signatures.
+SIGNATURE_POLICY = CacheKeyFnPolicy(cache_key_fn=_signature_key) + TASK_SOURCE
+
+signature_task = task(name="dedup-signatures", cache_policy=SIGNATURE_POLICY, persist_result=True, retries=1)(
+    signature_shard_isolated
+)
+bucket_task = task(name="dedup-buckets", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
+    bucket_step
+)
+cluster_task = task(name="dedup-cluster", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
+    cluster_step
+)
+filter_task = task(name="dedup-filter", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
+    filter_shard
+)
+# Never cached: committing is idempotent (a run replaces its own part) and must follow every completed run.
+commit_task = task(name="dedup-index-commit", retries=2, retry_delay_seconds=5)(commit_step)

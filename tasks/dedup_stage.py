@@ -1,0 +1,125 @@
+"""Dedup stage steps over files: LSH buckets, clustering into sidecars, per-shard filtering, index rows.
+
+Each function takes paths and settings and returns a small summary or ref, so the Prefect wrappers in
+tasks/dedup.py stay one line each and tests call these directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage.refs import ShardRef
+from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA, INDEX_SCHEMA
+from storage.shards import ShardWriter, file_fingerprint, iter_batches, read_shard, write_shard
+from tasks.dedup_config import DedupConfig
+from tasks.dedup_index import commit, load_parts
+from tasks.dedup_resolve import (
+    bucket_pairs,
+    load_corpus,
+    load_pairs,
+    resolve,
+    save_pairs,
+    sidecar_tables,
+    summary,
+)
+from tasks.dedup_sigs import SigRef, band_list, read_signatures
+
+
+def sidecar_name(shard_name: str) -> str:
+    """`shard-x.parquet` -> `shard-x.dedup.parquet`."""
+    return shard_name.removesuffix(".parquet") + ".dedup.parquet"
+
+
+def bucket_step(
+    refs: list[SigRef], index_dir: str, parts: list[dict[str, Any]], pairs_path: str, cfg: DedupConfig
+) -> dict[str, int]:
+    """Group every document by LSH band key and save the candidate pairs."""
+    corpus = load_corpus(refs, load_parts(Path(index_dir), parts), cfg)
+    pairs = bucket_pairs(corpus)
+    save_pairs(Path(pairs_path), pairs)
+    return {"documents": int(corpus.length.size), "candidate_pairs": len(pairs)}
+
+
+def cluster_step(
+    refs: list[SigRef],
+    index_dir: str,
+    parts: list[dict[str, Any]],
+    pairs_path: str,
+    out_dir: str,
+    cfg: DedupConfig,
+) -> dict[str, Any]:
+    """Resolve clusters over the whole corpus and write one dedup sidecar per shard of this run."""
+    start = time.perf_counter()
+    corpus = load_corpus(refs, load_parts(Path(index_dir), parts), cfg)
+    decisions = resolve(corpus, load_pairs(Path(pairs_path), corpus.length.size), cfg)
+    for ref, table in zip(refs, sidecar_tables(corpus, decisions), strict=True):
+        write_shard(Path(out_dir) / sidecar_name(Path(ref.source).name), table, DEDUP_SCHEMA)
+    return {**summary(decisions, corpus), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def filter_shard(in_path: str, in_fingerprint: str, out_dir: str, batch_size: int) -> ShardRef:
+    """Write the documents of one shard that its dedup sidecar keeps."""
+    start = time.perf_counter()
+    name = Path(in_path).name
+    out = Path(out_dir)
+    decisions = read_shard(out / sidecar_name(name), DEDUP_SCHEMA, columns=["id", "drop_reason"])
+    keep = pc.is_null(decisions.column("drop_reason")).combine_chunks()
+    offset, per_source = 0, Counter[str]()
+    with ShardWriter(out / name, DOCUMENT_SCHEMA) as writer:
+        for batch in iter_batches(Path(in_path), DOCUMENT_SCHEMA, batch_size):
+            expected = decisions.column("id").slice(offset, batch.num_rows)
+            if not batch.column("id").equals(expected.combine_chunks()):
+                raise ValueError(f"{in_path} no longer matches its dedup sidecar (rows differ)")
+            kept = pa.Table.from_batches([batch]).filter(keep.slice(offset, batch.num_rows))
+            offset += batch.num_rows
+            per_source.update(kept.column("source").to_pylist())
+            writer.write(kept)
+    if offset != decisions.num_rows:
+        raise ValueError(f"{in_path} has {offset} rows, its dedup sidecar {decisions.num_rows}")
+    reasons = Counter(r for r in decisions.column("drop_reason").to_pylist() if r)
+    return ShardRef(
+        path=name,
+        rows=writer.rows,
+        bytes=(out / name).stat().st_size,
+        fingerprint=file_fingerprint(out / name),
+        drops_path=sidecar_name(name),
+        drops=sum(reasons.values()),
+        inputs=[in_path],
+        per_source=dict(sorted(per_source.items())),
+        drop_reasons=dict(sorted(reasons.items())),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def index_rows(refs: list[SigRef], out_dir: str, cfg: DedupConfig) -> pa.Table:
+    """This run's kept documents as index rows: hash, length, band keys and the output shard holding them."""
+    tables = [INDEX_SCHEMA.empty_table()]
+    for ref in refs:
+        name = Path(ref.source).name
+        kept = pc.is_null(read_shard(Path(out_dir) / sidecar_name(name), DEDUP_SCHEMA).column("drop_reason"))
+        sig = read_signatures(ref, cfg)
+        mask = kept.to_numpy(zero_copy_only=False)
+        columns = [
+            sig.ids.filter(pa.array(mask)),
+            sig.content_hash.filter(pa.array(mask)),
+            pa.array(sig.length[mask], pa.int64()),
+            band_list(sig.band_keys[mask]),
+            pa.array([str(Path(out_dir).resolve() / name)] * int(mask.sum()), pa.string()),
+        ]
+        tables.append(pa.Table.from_arrays(columns, schema=INDEX_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def commit_step(
+    refs: list[SigRef], out_dir: str, index_dir: str, cfg: DedupConfig, base: str
+) -> dict[str, Any]:
+    """Add this run's kept documents to the persistent index (replacing the run's earlier part)."""
+    return commit(
+        Path(index_dir), cfg, base, index_rows(refs, out_dir, cfg), stage=str(Path(out_dir).resolve())
+    )
