@@ -44,6 +44,14 @@ def cmd_curate(ns: argparse.Namespace) -> dict[str, Any]:
     return run_curate(cfg.run_root, cfg.curate, cfg.workers, ns.ingest_dir)
 
 
+def cmd_dedup(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible dedup --run-root DIR`: dedup the newest curate stage (or --curate-dir)."""
+    from flows.dedup import run_dedup
+
+    cfg = _config(ns, ns.overrides)
+    return run_dedup(cfg.run_root, cfg.dedup, cfg.workers, ns.curate_dir)
+
+
 def cmd_train_quality(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible train-quality --positive P... --negative N... --out DIR`."""
     from flows.quality import train_quality_flow
@@ -92,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curate.set_defaults(func=cmd_curate)
 
+    dedup = sub.add_parser("dedup", help="exact and MinHash near-duplicate removal over curated shards")
+    dedup.add_argument(
+        "overrides", nargs="*", help="dotted.key=value overrides, e.g. dedup.minhash=aggressive"
+    )
+    dedup.add_argument("--config", help="YAML pipeline config (its dedup section is used)")
+    dedup.add_argument("--run-root", help="output folder (default: the config's run_root)")
+    dedup.add_argument(
+        "--curate-dir", help="curate stage directory to dedup (default: the newest in the run root)"
+    )
+    dedup.set_defaults(func=cmd_dedup)
+
     quality = sub.add_parser("train-quality", help="train the fastText quality classifier")
     quality.add_argument("--positive", nargs="+", required=True, help="document shards or JSONL of good text")
     quality.add_argument("--negative", nargs="+", required=True, help="document shards or JSONL of bad text")
@@ -120,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
     ns, extra = parser.parse_known_args(argv)
-    if extra and (ns.command not in ("ingest", "run", "curate") or any(a.startswith("-") for a in extra)):
+    if extra and (
+        ns.command not in ("ingest", "run", "curate", "dedup") or any(a.startswith("-") for a in extra)
+    ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "ingest":
         ns.inputs = [*ns.inputs, *extra]
-    elif ns.command in ("run", "curate"):
+    elif ns.command in ("run", "curate", "dedup"):
         ns.overrides = [*ns.overrides, *extra]
     try:
         result = ns.func(ns)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.layout import find_stage_dirs, manifest_shards, read_manifest
-from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA, SCORES_SCHEMA
+from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA, DROP_SCHEMA, SCORES_SCHEMA
 from storage.shards import read_shard
 
 
@@ -44,6 +45,51 @@ def _scored_examples(stage: Path, reason: str, n: int) -> list[dict[str, Any]]:
     return out
 
 
+def _texts_by_id(paths: list[Path], ids: list[str]) -> dict[str, dict[str, Any]]:
+    """uri and text of the given documents, looked up in the given shards."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        docs = read_shard(path, DOCUMENT_SCHEMA, columns=["id", "uri", "text"])
+        found.update({d["id"]: d for d in docs.filter(pc.is_in(docs["id"], pa.array(ids))).to_pylist()})
+    return found
+
+
+def _dedup_examples(stage: Path, reason: str, n: int) -> list[dict[str, Any]]:
+    """Up to n documents a dedup stage removed for `reason`, each beside the document kept in its place."""
+    manifest = read_manifest(stage) or {}
+    hits: list[dict[str, Any]] = []
+    for entry in manifest["shards"]:
+        side = read_shard(stage / entry["drops_path"], DEDUP_SCHEMA)
+        hits += side.filter(pc.equal(side["drop_reason"], reason)).slice(0, n - len(hits)).to_pylist()
+        if len(hits) >= n:
+            break
+    removed = _texts_by_id([Path(e["inputs"][0]) for e in manifest["shards"]], [h["id"] for h in hits])
+    # The kept document is in this stage's output, or (incremental runs) in an earlier run's output.
+    earlier = [Path(p["stage"]) / s for p in manifest.get("index", {}).get("parts", []) for s in _names(p)]
+    kept = _texts_by_id([*manifest_shards(stage), *earlier], [h["kept_id"] for h in hits])
+    out = []
+    for hit in hits:
+        doc, keep = removed.get(hit["id"], {}), kept.get(hit["kept_id"], {})
+        out.append(
+            {
+                **hit,
+                "uri": doc.get("uri"),
+                "text": (doc.get("text") or "")[:300],
+                "kept_uri": keep.get("uri"),
+                "kept_text": (keep.get("text") or "")[:300],
+            }
+        )
+    return out
+
+
+def _names(part: dict[str, Any]) -> list[str]:
+    """Shard file names of the dedup stage that committed an index part."""
+    manifest = read_manifest(Path(part["stage"])) or {"shards": []}
+    return [s["path"] for s in manifest["shards"]]
+
+
 def _doc_examples(stage: Path, n: int) -> list[dict[str, Any]]:
     """The first n documents of the stage, text cut to 300 characters."""
     out: list[dict[str, Any]] = []
@@ -68,7 +114,9 @@ def inspect_run(run_root: Path, stage: str, reason: str | None, n: int, docs: in
         **manifest["counts"],
     }
     if reason:
-        examples = _scored_examples if manifest["stage"] == "curate" else _drop_examples
+        examples = {"curate": _scored_examples, "dedup": _dedup_examples}.get(
+            manifest["stage"], _drop_examples
+        )
         result["examples"] = examples(dirs[0], reason, n)
     if docs:
         result["documents"] = _doc_examples(dirs[0], docs)

@@ -1,4 +1,4 @@
-"""The end-to-end pipeline flow; it grows a subflow per stage (ingest and curate today)."""
+"""The end-to-end pipeline flow; it grows a subflow per stage (ingest, curate and dedup today)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.config import PipelineConfig
 from flows.curate import run_curate
+from flows.dedup import run_dedup
 from flows.ingest import run_ingest
 
 
@@ -18,4 +19,5 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
         raise ValueError("config.inputs is empty: give files, folders, URLs or builtin:python-docs")
     ingest = run_ingest(config.inputs, config.run_root, config.ingest, config.workers)
     curate = run_curate(config.run_root, config.curate, config.workers, ingest["stage_dir"])
-    return {"ingest": ingest, "curate": curate}
+    dedup = run_dedup(config.run_root, config.dedup, config.workers, curate["stage_dir"])
+    return {"ingest": ingest, "curate": curate, "dedup": dedup}

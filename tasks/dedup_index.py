@@ -2,9 +2,10 @@
 
 Layout: `<dir>/index.json` lists the parts and the MinHash settings they were made with; each part
 `part-<base>.parquet` holds the documents one dedup run kept, named by that run's base key (config +
-upstream + code, without the index), so re-committing a run replaces its own part instead of adding a
-copy. Updates take an exclusive `flock` on `<dir>/.lock` and rewrite `index.json` atomically, so runs on
-one machine or on a shared filesystem that honours locks can commit side by side.
+upstream + code, without the index), so re-committing a run replaces its own part in place instead of
+adding a copy. A run dedups against the parts committed before its own first commit. Updates take an
+exclusive `flock` on `<dir>/.lock` and rewrite `index.json` atomically, so runs on one machine (or on a
+shared filesystem that honours locks) can commit side by side.
 """
 
 from __future__ import annotations
@@ -58,10 +59,14 @@ def _check_settings(listing: dict[str, Any], cfg: DedupConfig, directory: Path) 
 
 
 def snapshot(directory: Path, cfg: DedupConfig, exclude_base: str) -> list[dict[str, Any]]:
-    """The parts a run dedups against: all committed parts except the run's own (by base key)."""
+    """The parts a run dedups against: those committed before the run's own first commit (all, if none).
+
+    So repeating a run sees the same history (same stage key, cache hits) even after later runs committed.
+    """
     listing = _read(directory)
     _check_settings(listing, cfg, directory)
-    return [p for p in listing["parts"] if p["base"] != exclude_base]
+    bases = [p["base"] for p in listing["parts"]]
+    return listing["parts"][: bases.index(exclude_base)] if exclude_base in bases else listing["parts"]
 
 
 def load_parts(directory: Path, parts: list[dict[str, Any]]) -> pa.Table:
@@ -103,7 +108,9 @@ def commit(directory: Path, cfg: DedupConfig, base: str, table: pa.Table, stage:
             "rows": table.num_rows,
             "fingerprint": file_fingerprint(directory / name),
         }
-        parts = [p for p in listing["parts"] if p["base"] != base] + [entry]
+        # A re-commit keeps its place in the history; a new run goes last.
+        parts = [entry if p["base"] == base else p for p in listing["parts"]]
+        parts += [] if any(p["base"] == base for p in listing["parts"]) else [entry]
         listing = {"version": INDEX_VERSION, "settings": signature_view(cfg), "parts": parts}
         data = canonical_json(listing).encode()
         atomic_write(directory / INDEX_FILE, lambda tmp: tmp.write_bytes(data))

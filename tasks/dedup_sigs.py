@@ -8,7 +8,6 @@ so a truncated, stale or foreign file is refused with a reason instead of being 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +43,6 @@ class SigRef(BaseModel):
     """Content hash of that document shard."""
     rows: int
     """Documents in the shard (one signature row each)."""
-    seconds: float
-    """Wall time spent computing it."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,6 @@ def _batch_table(batch: pa.RecordBatch, cfg: DedupConfig) -> pa.Table:
 
 def signature_shard(in_path: str, in_fingerprint: str, out_dir: str, cfg: DedupConfig) -> SigRef:
     """Compute the signature file of one document shard (streamed in batches)."""
-    start = time.perf_counter()
     out = Path(out_dir) / signature_name(in_fingerprint)
     columns = ["id", "text", "content_hash"]
     with ShardWriter(out, _schema(in_fingerprint, cfg)) as writer:
@@ -111,7 +107,6 @@ def signature_shard(in_path: str, in_fingerprint: str, out_dir: str, cfg: DedupC
         source=str(in_path),
         source_fingerprint=in_fingerprint,
         rows=writer.rows,
-        seconds=round(time.perf_counter() - start, 3),
     )
 
 
