@@ -30,7 +30,13 @@ CODE_MODULES = (
     "tasks.shingles",
 )
 # The subset that decides signature files: their folder is keyed by it, so unrelated changes reuse them.
-SIGNATURE_MODULES = ("storage.schemas", "tasks.dedup_sigs", "tasks.minhash", "tasks.shingles")
+SIGNATURE_MODULES = (
+    "storage.schemas",
+    "storage.shards",
+    "tasks.dedup_sigs",
+    "tasks.minhash",
+    "tasks.shingles",
+)
 
 SIGNATURE_TIMEOUT_S = 3600
 SIGNATURE_MEMORY_MB = 8192

@@ -5,8 +5,8 @@ ships (`pydoc_data.topics`, ~80 topics of the language reference), IDLE's HTML m
 (`idlelib/help.html`), Python's `LICENSE.txt`, and the Markdown long descriptions of the installed
 packages. From these the builder writes one file per input kind the pipeline reads: HTML, Markdown, JSONL,
 plain text, a multi-page PDF (rendered with PyMuPDF, with running headers and page numbers) and a WARC
-(written with warcio, including a revisit, a 404 and an image record). Files are only written when missing,
-so reruns see identical inputs and hit the cache.
+(written with warcio, including a revisit, a 404, an image record and a mirror's copies of six pages).
+Files are only written when missing, so reruns see identical inputs and hit the cache.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ BUILTIN = "builtin:python-docs"
 DOCS_URL = "https://docs.python.org/3/reference/"
 FIXED_DATE = "2024-01-01T00:00:00Z"
 SECOND_DATE = "2024-02-01T00:00:00Z"
+MIRROR_URL = "https://mirror.example.org/python/reference/"
+# Topics a mirror also serves; all pass curation, so the demo's dedup stage has exact and near copies.
+MIRRORED = ("booleans", "calls", "class", "customization", "function", "import")
 
 
 def _stdlib() -> Path:
@@ -44,10 +47,10 @@ def _write_once(path: Path, data: bytes) -> None:
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def _topic_page(name: str, text: str) -> str:
+def _topic_page(name: str, text: str, banner: str = "") -> str:
     """A documentation-style HTML page for one topic, with the navigation every page shares."""
     nav = "<nav><a href='/'>Python</a> » <a href='/3/reference/'>Language Reference</a></nav>"
-    paras = "".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n") if p.strip())
+    paras = "".join(f"<p>{html.escape(p)}</p>" for p in [banner, *text.split("\n\n")] if p.strip())
     return (
         f"<html><head><title>{html.escape(name)} — Python reference</title></head><body>{nav}"
         f"<main><h1>{html.escape(name)}</h1>{paras}</main><footer>© Python Software Foundation</footer>"
@@ -133,6 +136,16 @@ def _warc_bytes(pages: list[tuple[str, str]]) -> bytes:
     return buf.getvalue()
 
 
+def _mirror_pages(topics: dict[str, str]) -> list[tuple[str, str]]:
+    """A mirror site's copies of a few pages (what dedup is for): half verbatim, half with a banner."""
+    names = [n for n in MIRRORED if n in topics]
+    banner = "This copy is served by an unofficial mirror of the Python documentation and refreshed weekly."
+    return [
+        (f"{MIRROR_URL}{n}.html", _topic_page(n, topics[n], banner if k % 2 else ""))
+        for k, n in enumerate(names)
+    ]
+
+
 def build_demo_corpus(out: Path, packages: int = 60) -> Path:
     """Materialize the demo corpus under `out` (idempotent) and return that folder."""
     out = Path(out)
@@ -152,6 +165,7 @@ def build_demo_corpus(out: Path, packages: int = 60) -> Path:
         out / "pdf" / "python-reference-excerpt.pdf", _pdf_bytes("The Python Language Reference", pdf_text)
     )
     pages = [(f"{DOCS_URL}{n}.html", _topic_page(n, topics[n])) for n in names[12:]]
+    pages += _mirror_pages(topics)
     _write_once(out / "warc" / "docs-crawl.warc.gz", _warc_bytes(pages))
     return out
 

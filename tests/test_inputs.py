@@ -65,7 +65,7 @@ def test_plan_groups_bounds_size_and_keeps_warcs_alone(tmp_path: Path) -> None:
     assert [g.key for g in plan_groups(files, [], 2, 10_000, 1)] == [g.key for g in groups[:5]]
 
 
-@pytest.mark.parametrize("stage", ["ingest", "curate"])
+@pytest.mark.parametrize("stage", ["ingest", "curate", "dedup"])
 def test_stage_code_version_covers_every_module_it_imports(stage: str) -> None:
     # A module missing from CODE_MODULES could change what a stage writes without changing its key.
     code = (
