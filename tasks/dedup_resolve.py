@@ -127,21 +127,35 @@ def _group_best(groups: np.ndarray, rank: np.ndarray, order: np.ndarray) -> np.n
 
 
 def _texts(corpus: Corpus, docs: np.ndarray) -> dict[int, str | None]:
-    """Texts of the given documents, read file by file (None when an index document's file is gone)."""
+    """Texts of the given documents, streamed file by file (None when an index document's file is gone)."""
     out: dict[int, str | None] = {int(d): None for d in docs}
     for loc in np.unique(corpus.location[docs]):
         mine = docs[corpus.location[docs] == loc]
-        path = corpus.files[loc]
-        if not Path(path).exists():
-            continue
-        table = pq.read_table(path, columns=["id", "text"])
-        if corpus.row[mine[0]] >= 0:
-            texts = table.column("text").take(pa.array(corpus.row[mine])).to_pylist()
-        else:
-            by_id = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
-            texts = [by_id.get(corpus.ids[int(d)].as_py()) for d in mine]
-        out.update(zip(mine.tolist(), texts, strict=True))
+        path = Path(corpus.files[loc])
+        if path.exists():
+            out.update(_read_texts(path, corpus, mine))
     return out
+
+
+def _read_texts(path: Path, corpus: Corpus, mine: np.ndarray) -> dict[int, str]:
+    """Texts of some documents of one shard, found by row (this run) or by id (index), batch by batch."""
+    by_row = corpus.row[mine[0]] >= 0
+    wanted = (
+        dict(zip(corpus.row[mine].tolist(), mine.tolist(), strict=True))
+        if by_row
+        else {corpus.ids[int(d)].as_py(): int(d) for d in mine}
+    )
+    found: dict[int, str] = {}
+    offset = 0
+    # Batches keep memory to one row group of text, not the whole shard.
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1000, columns=["id", "text"]):
+        keys = range(offset, offset + batch.num_rows) if by_row else batch.column("id").to_pylist()
+        hits = [(k, j) for j, k in enumerate(keys) if k in wanted]
+        if hits:
+            texts = batch.column("text").take(pa.array([j for _, j in hits])).to_pylist()
+            found.update((wanted[k], t) for (k, _), t in zip(hits, texts, strict=True))
+        offset += batch.num_rows
+    return found
 
 
 def _shingle_sets(corpus: Corpus, docs: np.ndarray, ngram: int) -> dict[int, np.ndarray | None]:

@@ -28,8 +28,8 @@ _S33 = np.uint64(33)
 _BASE = 0x2545F4914F6CDD1D  # odd: invertible modulo 2**64
 _BASE_INV = pow(_BASE, -1, 2**64)
 _SPACE = 32
-# Bytes of batch text handled per numpy pass: bounds the uint64 temporaries (~8 arrays) to ~100 MB.
-CHUNK_BYTES = 1 << 22
+# Bytes of batch text handled per numpy pass: bounds the uint64 temporaries (~8 arrays) to ~64 MB.
+CHUNK_BYTES = 1 << 20
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _APOSTROPHES = "'`"
