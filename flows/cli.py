@@ -52,6 +52,14 @@ def cmd_dedup(ns: argparse.Namespace) -> dict[str, Any]:
     return run_dedup(cfg.run_root, cfg.dedup, cfg.workers, ns.curate_dir)
 
 
+def cmd_tokenize(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible tokenize --run-root DIR`: train the tokenizer and tokenize the newest dedup stage."""
+    from flows.tokenize_flow import run_tokenize
+
+    cfg = _config(ns, ns.overrides)
+    return run_tokenize(cfg.run_root, cfg.tokenize, cfg.workers, ns.docs_dir)
+
+
 def cmd_train_quality(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible train-quality --positive P... --negative N... --out DIR`."""
     from flows.quality import train_quality_flow
@@ -111,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dedup.set_defaults(func=cmd_dedup)
 
+    tokenize = sub.add_parser("tokenize", help="train a byte-level BPE tokenizer and write token shards")
+    tokenize.add_argument(
+        "overrides", nargs="*", help="dotted.key=value overrides, e.g. tokenize.val_fraction=0.05"
+    )
+    tokenize.add_argument("--config", help="YAML pipeline config (its tokenize section is used)")
+    tokenize.add_argument("--run-root", help="output folder (default: the config's run_root)")
+    tokenize.add_argument(
+        "--docs-dir", help="document stage to tokenize (default: the newest dedup, else curate, stage)"
+    )
+    tokenize.set_defaults(func=cmd_tokenize)
+
     quality = sub.add_parser("train-quality", help="train the fastText quality classifier")
     quality.add_argument("--positive", nargs="+", required=True, help="document shards or JSONL of good text")
     quality.add_argument("--negative", nargs="+", required=True, help="document shards or JSONL of bad text")
@@ -140,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
     ns, extra = parser.parse_known_args(argv)
     if extra and (
-        ns.command not in ("ingest", "run", "curate", "dedup") or any(a.startswith("-") for a in extra)
+        ns.command not in ("ingest", "run", "curate", "dedup", "tokenize")
+        or any(a.startswith("-") for a in extra)
     ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "ingest":
         ns.inputs = [*ns.inputs, *extra]
-    elif ns.command in ("run", "curate", "dedup"):
+    elif ns.command in ("run", "curate", "dedup", "tokenize"):
         ns.overrides = [*ns.overrides, *extra]
     try:
         result = ns.func(ns)

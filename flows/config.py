@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.dedup_config import DedupConfig
 from tasks.ingest import IngestConfig
 from tasks.scoring import CurateConfig
+from tasks.tokenize_shards import TokenizeConfig
 
 OVERRIDE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.DOTALL)
 
@@ -33,6 +34,8 @@ class PipelineConfig(BaseModel):
     """Curation settings: language ID, heuristic filters, quality classifier."""
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     """Deduplication settings: exact, MinHash-LSH near dedup, verification, persistent index."""
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    """Tokenizer training (byte-level BPE) and token shards."""
 
 
 def is_override(arg: str) -> bool:

@@ -1,4 +1,4 @@
-"""The end-to-end pipeline flow; it grows a subflow per stage (ingest, curate and dedup today)."""
+"""The end-to-end pipeline flow; it grows a subflow per stage (ingest, curate, dedup, tokenize today)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flows.config import PipelineConfig
 from flows.curate import run_curate
 from flows.dedup import run_dedup
 from flows.ingest import run_ingest
+from flows.tokenize_flow import run_tokenize
 
 
 @flow(name="pipeline", flow_run_name="pipeline {config.run_root}")
@@ -20,4 +21,5 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     ingest = run_ingest(config.inputs, config.run_root, config.ingest, config.workers)
     curate = run_curate(config.run_root, config.curate, config.workers, ingest["stage_dir"])
     dedup = run_dedup(config.run_root, config.dedup, config.workers, curate["stage_dir"])
-    return {"ingest": ingest, "curate": curate, "dedup": dedup}
+    tokens = run_tokenize(config.run_root, config.tokenize, config.workers, dedup["stage_dir"])
+    return {"ingest": ingest, "curate": curate, "dedup": dedup, "tokenize": tokens}
