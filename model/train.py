@@ -1,0 +1,346 @@
+"""The training loop: plain PyTorch, resumable bit for bit on CPU, stopped by a loss guard.
+
+`train` reads top to bottom: build the model, optimizer and loaders, resume from the newest complete
+checkpoint if there is one, then per step set the learning rate, accumulate micro-batches, check the
+loss, clip, update, and now and then log, evaluate and checkpoint. Everything else is a small helper.
+
+A "step" is the number of optimizer updates applied to the weights a number describes: the training
+loss logged at step s was measured on the weights after s updates, while validation losses and
+checkpoints taken after update s carry step s + 1. Records go to `out_dir/metrics.jsonl` (after a
+resume, steps past the checkpoint appear again; the later line wins) and to `on_log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model import checkpoint
+from model.config import GPTConfig, flops_per_token, param_count
+from model.data import TokenLoader
+from model.optim import TrainConfig, lr_at, make_optimizer, set_lr
+from model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 tensor-core peak FLOP/s per GPU, from the vendors' datasheets, matched against the device
+# name in order (so "L40S" before "L4"). MFU is reported against it even for float32 runs; set
+# CRUCIBLE_PEAK_FLOPS (e.g. 312e12) for another GPU or precision. Unknown GPUs and CPUs report none.
+PEAK_FLOPS: list[tuple[str, float]] = [
+    ("H100", 989e12),  # SXM; the PCIe card peaks at 756e12
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+]
+PEAK_FLOPS_ENV = "CRUCIBLE_PEAK_FLOPS"
+METRICS = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf or exploded; the state of that step was not saved."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        """Name the step in the message and keep it as `step`."""
+        super().__init__(f"training diverged at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+    def __reduce__(self) -> tuple[type[TrainingDiverged], tuple[int, str]]:
+        """Rebuild from (step, reason), so the error survives pickling (e.g. by an orchestrator)."""
+        return type(self), (self.step, self.reason)
+
+
+@dataclass
+class RunState:
+    """What the loop carries between steps and across a resume, besides model, optimizer and loader."""
+
+    step: int = 0
+    best_loss: float = math.inf
+    train_losses: list[list[float]] = field(default_factory=list)
+    val_losses: list[list[float]] = field(default_factory=list)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The requested device, else CUDA when available, else CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def precision(device: torch.device, dtype: str) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when asked for; float32 everywhere else."""
+    if device.type == "cuda" and dtype == "bfloat16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak FLOP/s for MFU: $CRUCIBLE_PEAK_FLOPS, else the table; None on CPU or unknown."""
+    if device.type != "cuda":
+        return None
+    if os.environ.get(PEAK_FLOPS_ENV):
+        return float(os.environ[PEAK_FLOPS_ENV])
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS if key in name), None)
+
+
+def accumulate(
+    model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], accum: int, device: torch.device, dtype: str
+) -> float:
+    """Forward and backward `accum` micro-batches into the gradients; returns their mean loss."""
+    total = torch.zeros((), device=device)
+    for _ in range(accum):
+        x, y = next(batches)
+        with precision(device, dtype):
+            _, loss = model(x.to(device), y.to(device))
+        # Scaling by 1/accum makes the summed gradients those of the mean loss over all micro-batches.
+        (loss / accum).backward()
+        total += loss.detach()
+    return (total / accum).item()
+
+
+def clip_grads(model: nn.Module, grad_clip: float) -> float:
+    """Clip the global gradient norm to `grad_clip` (0: no clipping); returns the norm before clipping."""
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
+
+
+def check_loss(step: int, loss: float, best: float, tcfg: TrainConfig) -> None:
+    """Raise TrainingDiverged on a NaN/inf loss, or after warmup on one above max_loss_ratio × best."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(step, f"loss is {loss}")
+    exploded = tcfg.max_loss_ratio and step >= tcfg.warmup_steps and loss > tcfg.max_loss_ratio * best
+    if exploded:
+        raise TrainingDiverged(
+            step, f"loss {loss:.4g} is above {tcfg.max_loss_ratio:g} × the lowest so far ({best:.4g})"
+        )
+
+
+def check_grad_norm(step: int, norm: float) -> None:
+    """Raise TrainingDiverged before a NaN/inf gradient can reach the weights."""
+    if not math.isfinite(norm):
+        raise TrainingDiverged(step, f"gradient norm is {norm}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TokenLoader, batches: int, device: torch.device, dtype: str) -> float:
+    """Mean loss over the next `batches` batches of `loader`, in eval mode (no dropout)."""
+    model.eval()
+    try:
+        total = torch.zeros((), device=device)
+        for _ in range(batches):
+            x, y = loader.next_batch()
+            with precision(device, dtype):
+                total += model(x.to(device), y.to(device))[1]
+        return (total / batches).item()
+    finally:
+        model.train()
+
+
+def _due(done: int, every: int, max_steps: int) -> bool:
+    """Whether an every-`every`-steps action falls after `done` steps (always after the last)."""
+    return done == max_steps or (every > 0 and done % every == 0)
+
+
+class MetricsLog:
+    """Append records to metrics.jsonl, pass them to `on_log`, and log a line."""
+
+    def __init__(self, path: Path, on_log: Callable[[dict[str, Any]], None] | None) -> None:
+        """Records go to `path` (created with its directory) and to `on_log` when given."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.on_log = path, on_log
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        """Write one record."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if self.on_log is not None:
+            self.on_log(record)
+
+
+class Throughput:
+    """Tokens per second over the current logging window and over the whole run."""
+
+    def __init__(self) -> None:
+        """Start with empty windows."""
+        self.tokens = self.seconds = 0.0
+        self.total_tokens = self.total_seconds = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        """Count one step."""
+        self.tokens += tokens
+        self.seconds += seconds
+        self.total_tokens += tokens
+        self.total_seconds += seconds
+
+    def window(self) -> float:
+        """Tokens/s since the last call, then start a new window."""
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        self.tokens = self.seconds = 0.0
+        return rate
+
+    def overall(self) -> float:
+        """Tokens/s over every step this process ran."""
+        return self.total_tokens / self.total_seconds if self.total_seconds else 0.0
+
+
+def _state(
+    raw: Transformer,
+    optimizer: torch.optim.Optimizer,
+    loader: TokenLoader,
+    run: RunState,
+    tcfg: TrainConfig,
+    tokenizer_hash: str | None,
+) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly, all weights_only-loadable."""
+    return {
+        "step": run.step,
+        "model": checkpoint.model_state(raw),
+        "optimizer": optimizer.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "model_config": raw.cfg.model_dump(),
+        "train_config": tcfg.model_dump(mode="json"),
+        "tokenizer_hash": tokenizer_hash,
+        "best_loss": run.best_loss,
+        "train_losses": run.train_losses,
+        "val_losses": run.val_losses,
+    }
+
+
+def _save(
+    ckpt_dir: Path,
+    raw: Transformer,
+    optimizer: torch.optim.Optimizer,
+    loader: TokenLoader,
+    run: RunState,
+    tcfg: TrainConfig,
+    tokenizer_hash: str | None,
+) -> Path:
+    """Checkpoint the current state, refusing non-finite weights so a good checkpoint is never displaced."""
+    if not all(torch.isfinite(p).all() for p in raw.parameters()):
+        raise TrainingDiverged(run.step, "the weights after the last update are not finite")
+    meta = {
+        "train_loss": run.train_losses[-1][1] if run.train_losses else None,
+        "val_loss": run.val_losses[-1][1] if run.val_losses else None,
+    }
+    state = _state(raw, optimizer, loader, run, tcfg, tokenizer_hash)
+    return checkpoint.save(ckpt_dir, state, meta, tcfg.keep_checkpoints)
+
+
+def _resume(
+    path: Path,
+    raw: Transformer,
+    optimizer: torch.optim.Optimizer,
+    loader: TokenLoader,
+    tokenizer_hash: str | None,
+) -> RunState:
+    """Load model, optimizer, loader and RNG states from a checkpoint; returns the loop's state."""
+    state = checkpoint.load(path)
+    if state["model_config"] != raw.cfg.model_dump():
+        raise ValueError(f"{path} holds another model config: {state['model_config']}")
+    if tokenizer_hash and state["tokenizer_hash"] and state["tokenizer_hash"] != tokenizer_hash:
+        raise ValueError(f"{path} was trained with tokenizer {state['tokenizer_hash']}, not {tokenizer_hash}")
+    raw.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    loader.load_state_dict(state["loader"])
+    # Last, so nothing done while rebuilding the run consumes the restored generators.
+    checkpoint.set_rng_state(state["rng"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return RunState(state["step"], state["best_loss"], state["train_losses"], state["val_losses"])
+
+
+def train(
+    cfg: GPTConfig,
+    tcfg: TrainConfig,
+    train_shards: list[Path],
+    val_shards: list[Path],
+    out_dir: Path,
+    tokenizer_hash: str | None = None,
+    device: str | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training of) a Transformer; returns the final step, loss histories and throughput.
+
+    Checkpoints go to `out_dir/checkpoints`; the newest complete one there is resumed automatically.
+    Without `val_shards` no validation loss is computed. Raises TrainingDiverged on a bad loss.
+    """
+    out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
+    dev = resolve_device(device)
+    accum = tcfg.grad_accum_steps(cfg.block_size)
+    seed_everything(tcfg.seed)
+    raw = Transformer(cfg, checkpointing=tcfg.activation_checkpointing).to(dev)
+    optimizer = make_optimizer(raw, tcfg)
+    loader = TokenLoader(train_shards, cfg.block_size, tcfg.batch_size, tcfg.seed, tokenizer_hash)
+    # A fresh, identically seeded loader per evaluation, so every evaluation sees the same batches.
+    val_loader = partial(TokenLoader, val_shards, cfg.block_size, tcfg.batch_size, tcfg.seed, tokenizer_hash)
+    if val_shards:
+        val_loader()  # refuse bad validation shards now rather than at the first evaluation
+    run, resumed_from = RunState(), checkpoint.latest(ckpt_dir)
+    if resumed_from is not None:
+        run = _resume(resumed_from, raw, optimizer, loader, tokenizer_hash)
+    model = torch.compile(raw) if tcfg.compile else raw
+    metrics, meter = MetricsLog(out_dir / METRICS, on_log), Throughput()
+    tokens_per_step = accum * tcfg.batch_size * cfg.block_size
+    peak = peak_flops(dev)
+    last_ckpt = resumed_from
+
+    for step in range(run.step, tcfg.max_steps):
+        started = time.perf_counter()
+        lr = set_lr(optimizer, lr_at(step, tcfg))
+        loss = accumulate(model, loader, accum, dev, tcfg.dtype)
+        check_loss(step, loss, run.best_loss, tcfg)
+        grad_norm = clip_grads(raw, tcfg.grad_clip)
+        check_grad_norm(step, grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.add(tokens_per_step, time.perf_counter() - started)
+        run.step, run.best_loss = step + 1, min(run.best_loss, loss)
+
+        if step % tcfg.log_every == 0 or run.step == tcfg.max_steps:
+            run.train_losses.append([step, loss])
+            rate = meter.window()
+            mfu = rate * flops_per_token(cfg) / peak if peak else None
+            record = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+            metrics({**record, "tokens_per_s": rate, "mfu": mfu})
+        if val_shards and _due(run.step, tcfg.eval_every, tcfg.max_steps):
+            val_loss = evaluate(model, val_loader(), tcfg.eval_batches, dev, tcfg.dtype)
+            run.val_losses.append([run.step, val_loss])
+            metrics({"kind": "eval", "step": run.step, "val_loss": val_loss})
+        if _due(run.step, tcfg.checkpoint_every, tcfg.max_steps):
+            last_ckpt = _save(ckpt_dir, raw, optimizer, loader, run, tcfg, tokenizer_hash)
+            metrics({"kind": "checkpoint", "step": run.step, "path": str(last_ckpt)})
+
+    return {
+        "step": run.step,
+        "train_losses": run.train_losses,
+        "val_losses": run.val_losses,
+        "tokens_per_s": meter.overall(),
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "params": param_count(cfg),
+        "grad_accum_steps": accum,
+        "device": str(dev),
+    }
