@@ -1,8 +1,9 @@
 """A decoder-only transformer with Llama's architecture, in plain PyTorch.
 
-Read top to bottom: RMSNorm, rotary position embeddings, grouped-query attention, the SwiGLU MLP, a
-pre-norm block, and the model that stacks them. The layout and RoPE convention (rotate_half) match
-Hugging Face's LlamaForCausalLM, so `model.export` can write a checkpoint that loads there unchanged.
+Read top to bottom: RMSNorm, rotary position embeddings, the KV cache used for generation,
+grouped-query attention, the SwiGLU MLP, a pre-norm block, and the model that stacks them. The layout and
+RoPE convention (rotate_half) match Hugging Face's LlamaForCausalLM, so `model.export` can write a
+checkpoint that loads there unchanged.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, seq_len: int, offset: int = 0) -> tuple[Tensor, Tensor]:
         """cos and sin for positions offset..offset+seq_len-1, shaped (seq_len, head_dim)."""
-        # The offset lets a future KV cache rotate new tokens at their absolute positions.
+        # The offset lets the KV cache rotate new tokens at their absolute positions.
         if offset + seq_len > self.cos.size(0):
             raise ValueError(f"positions up to {offset + seq_len} exceed block_size {self.cos.size(0)}")
         return self.cos[offset : offset + seq_len], self.sin[offset : offset + seq_len]
@@ -71,6 +72,66 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate (batch, heads, seq, head_dim) queries or keys by their positions' angles."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len` positions."""
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        batch: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """Empty buffers of shape (n_layer, batch, n_kv_head, max_len, head_dim); max_len <= block_size."""
+        self.max_len = cfg.block_size if max_len is None else max_len
+        if not 0 < self.max_len <= cfg.block_size:
+            raise ValueError(f"max_len must be in [1, block_size {cfg.block_size}], got {self.max_len}")
+        shape = (cfg.n_layer, batch, cfg.n_kv_head, self.max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Tokens cached so far, which is also the absolute position of the next token.
+        self.length = 0
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `layer`'s new keys/values after the cached ones; return all of them (views, no copy)."""
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, seq: int) -> None:
+        """Commit `seq` new tokens once every layer has appended them."""
+        self.length += seq
+
+
+def causal_mask(seq: int, offset: int, device: torch.device) -> Tensor | None:
+    """Boolean (seq, offset + seq) mask letting query i see keys 0..offset+i; None when none is needed."""
+    # A single new token may see the whole cache; at offset 0, SDPA's is_causal does the job instead.
+    if seq == 1 or offset == 0:
+        return None
+    # is_causal aligns its triangle to the top-left corner, which is wrong once the keys outnumber the
+    # queries, so chunks after a prefix get an explicit mask shifted right by the cached length.
+    return torch.ones(seq, offset + seq, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, is_causal: bool, mask: Tensor | None) -> Tensor:
+    """SDPA over n_head query heads and n_kv_head key/value heads (mask: True means attend)."""
+    n_head, n_kv_head = q.size(1), k.size(1)
+    if n_kv_head == n_head:
+        return F.scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p, is_causal=is_causal)
+    if _SDPA_GQA:
+        return F.scaled_dot_product_attention(
+            q, k, v, mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=True
+        )
+    # Query head h reads kv head h // group, the grouping enable_gqa and Llama use.
+    group = n_head // n_kv_head
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 class Attention(nn.Module):
@@ -92,22 +153,22 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         return x.view(batch, seq, n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Attend each position to itself and every earlier one; cos/sin give the positions."""
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> Tensor:
+        """Attend each position to itself and every earlier one, cached ones included; cos/sin: positions."""
         batch, seq, d_model = x.shape
         q = apply_rope(self._heads(self.q_proj(x), self.n_head), cos, sin)
         k = apply_rope(self._heads(self.k_proj(x), self.n_kv_head), cos, sin)
         v = self._heads(self.v_proj(x), self.n_kv_head)
         dropout_p = self.dropout if self.training else 0.0
-        if self.n_kv_head == self.n_head:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif _SDPA_GQA:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=True)
+        if cache is None:
+            y = attend(q, k, v, dropout_p, is_causal=True, mask=None)
         else:
-            # Query head h reads kv head h // group, the grouping enable_gqa and Llama use.
-            group = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            offset = cache.length
+            k, v = cache.append(layer, k, v)
+            mask = causal_mask(seq, offset, x.device)
+            y = attend(q, k, v, dropout_p, is_causal=offset == 0 and seq > 1, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, d_model))
 
 
@@ -138,9 +199,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> Tensor:
         """Add the attention and MLP branches to the residual stream."""
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cos, sin))
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
         return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -183,16 +246,28 @@ class Transformer(nn.Module):
             return checkpoint(block, x, cos, sin, use_reentrant=False)
         return block(x, cos, sin)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences, on this model's device and in its dtype."""
+        weight = self.tok_emb.weight
+        return KVCache(self.cfg, batch, max_len, device=weight.device, dtype=weight.dtype)
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Logits (batch, seq, padded_vocab) for token ids `idx`, and the mean loss when `targets` given.
 
         Targets equal to -1 are ignored, so padding or the last position can be left out of the loss.
+        With a `cache`, `idx` continues the cached tokens: it is placed at positions cache.length onward,
+        attends to the cached keys and values as well as its own, and is appended to the cache.
         """
         seq = idx.size(1)
-        cos, sin = self.rope(seq)
+        offset = 0 if cache is None else cache.length
+        cos, sin = self.rope(seq, offset)
         x = self.emb_dropout(self.tok_emb(idx))
-        for block in self.blocks:
-            x = self._run_block(block, x, cos, sin)
+        for layer, block in enumerate(self.blocks):
+            x = self._run_block(block, x, cos, sin) if cache is None else block(x, cos, sin, cache, layer)
+        if cache is not None:
+            cache.advance(seq)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits, None

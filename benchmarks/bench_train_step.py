@@ -1,0 +1,218 @@
+"""Training-step speed: our Transformer vs transformers' LlamaForCausalLM built from the same config.
+
+Both models get the configuration `model.export.llama_config` writes (layers, heads, kv heads, width,
+FFN, padded vocabulary, tied embeddings), fp32, SDPA attention, the same initial weights (ours,
+renamed for Llama) and the same random token batches. A step is forward with the loss, backward and an
+AdamW step; the first `--warmup` steps are not timed. Equal work: HF gets labels=x and shifts them
+itself, ours gets targets=x shifted left with the last position ignored, so both score the same
+tokens, and the first losses agree. Each model runs in a fresh spawned process, so its peak RSS
+(VmHWM) is its own (the HF process also pays for importing transformers). Both use the same
+`torch.set_num_threads` (default: every core). With `--rounds` above 1, the two alternate which goes
+first and the faster round of each is kept, which damps noise from other jobs on a shared machine.
+
+On a CUDA device (`--device cuda`, not exercised on the CPU-only development machine) the timing
+synchronizes and MFU is printed too: tokens/s · flops_per_token / peak FLOP/s, the peak taken from the
+CRUCIBLE_PEAK_TFLOPS environment variable or a small table of dense bf16 tensor-core peaks by device
+name. The runs here are fp32, so MFU against a bf16 peak understates what a bf16 run would reach.
+
+    python benchmarks/bench_train_step.py --preset small --preset tiny --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from model.config import GPTConfig, flops_per_token, param_count  # noqa: E402
+from model.export import llama_config, llama_state_dict  # noqa: E402
+from model.transformer import Transformer  # noqa: E402
+
+VOCAB = 8192
+LR, WEIGHT_DECAY = 3e-4, 0.1
+# Dense bf16 tensor-core peaks in TFLOP/s, matched by substring of torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
+
+
+def batches(cfg: GPTConfig, batch: int, count: int, seed: int) -> list[Tensor]:
+    """`count` random (batch, block_size) token batches, identical in every process."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=gen) for _ in range(count)]
+
+
+def build_ours(cfg: GPTConfig, weights: Path) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
+    """Our model with the shared initial weights, and its loss on a batch."""
+    model = Transformer(cfg)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+
+    def loss_fn(x: Tensor) -> Tensor:
+        """Targets pre-shifted, the last position ignored: the tokens HF's own shift scores."""
+        targets = torch.cat((x[:, 1:], torch.full_like(x[:, :1], -1)), dim=1)
+        return model(x, targets)[1]
+
+    return model, loss_fn
+
+
+def build_hf(cfg: GPTConfig, weights: Path) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
+    """transformers' Llama from our config and weights (SDPA, fp32, no KV cache), and its loss."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fields = {k: v for k, v in llama_config(cfg).items() if k not in ("architectures", "model_type")}
+    # Training makes no use of the KV cache; leaving it on would build one every forward.
+    hf_cfg = LlamaConfig(**{**fields, "use_cache": False})
+    model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(torch.load(weights, weights_only=True), strict=False)
+    # A tied head is absent from the file and shares the embedding it was just loaded into.
+    assert not unexpected and missing == (["lm_head.weight"] if cfg.tie_embeddings else []), missing
+    return model, lambda x: model(input_ids=x, labels=x).loss
+
+
+def timed_steps(
+    model: nn.Module, loss_fn: Callable[[Tensor], Tensor], xs: list[Tensor], warmup: int, device: str
+) -> dict[str, Any]:
+    """Train on each batch in turn; seconds of every step after the warmup, and the losses."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    seconds, losses = [], []
+    for i, x in enumerate(xs):
+        sync()
+        start = time.perf_counter()
+        loss = loss_fn(x.to(device))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    return {"seconds": seconds, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_one(which: str, cfg_json: str, weights: str, args: dict[str, Any], queue: Any) -> None:
+    """Child process: build one model, train it, report timings and peak RSS."""
+    torch.set_num_threads(args["threads"])
+    cfg = GPTConfig.model_validate_json(cfg_json)
+    build = build_ours if which == "ours" else build_hf
+    model, loss_fn = build(cfg, Path(weights))
+    xs = batches(cfg, args["batch"], args["warmup"] + args["steps"], seed=1)
+    result = timed_steps(model, loss_fn, xs, args["warmup"], args["device"])
+    queue.put({**result, "peak_rss_mb": peak_rss_mb()})
+
+
+def in_child(which: str, cfg: GPTConfig, weights: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """Run one model's benchmark in a fresh spawned process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=run_one, args=(which, cfg.model_dump_json(), str(weights), args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def save_weights(cfg: GPTConfig, out: Path) -> tuple[Path, Path]:
+    """One random initialisation, saved under our names and under Llama's."""
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    ours, hf = out / "ours.pt", out / "hf.pt"
+    torch.save(model.state_dict(), ours)
+    torch.save(llama_state_dict(model), hf)
+    return ours, hf
+
+
+def steps_per_s(result: dict[str, Any]) -> float:
+    """Timed steps over their total wall time."""
+    return len(result["seconds"]) / sum(result["seconds"])
+
+
+def measure(cfg: GPTConfig, args: dict[str, Any], rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Every round of each model, the two alternating which runs first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = dict(zip(("ours", "hf"), save_weights(cfg, Path(tmp)), strict=True))
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "hf": []}
+        for r in range(rounds):
+            for which in ("ours", "hf") if r % 2 == 0 else ("hf", "ours"):
+                runs[which].append(in_child(which, cfg, weights[which], args))
+    return runs
+
+
+def peak_flops(device: str) -> float | None:
+    """Peak FLOP/s of a CUDA device: CRUCIBLE_PEAK_TFLOPS, else the table; None on CPU or unknown."""
+    if not device.startswith("cuda"):
+        return None
+    if env := os.environ.get("CRUCIBLE_PEAK_TFLOPS"):
+        return float(env) * 1e12
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)
+
+
+def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Print the best round's steps/s, tokens/s, peak RSS and losses of both, and the ratio ours/HF."""
+    tokens = args["batch"] * cfg.block_size
+    peak = peak_flops(args["device"])
+    print(
+        f"\npreset {name}: {param_count(cfg) / 1e6:.2f}M params, batch {args['batch']} x block "
+        f"{cfg.block_size} = {tokens} tokens/step, {args['threads']} threads, {args['device']}, "
+        f"{args['steps']} timed steps after {args['warmup']} warmup, best of {len(runs['ours'])} round(s)"
+    )
+    print(
+        f"{'':10}{'steps/s':>9}{'tokens/s':>10}{'median s':>10}{'peak RSS MB':>13}"
+        f"{'loss first':>12}{'last':>8}   steps/s per round"
+    )
+    rate = {}
+    for which, label in (("ours", "ours"), ("hf", "HF Llama")):
+        res = max(runs[which], key=steps_per_s)
+        rate[which] = steps_per_s(res)
+        rounds = ", ".join(f"{steps_per_s(r):.3f}" for r in runs[which])
+        mfu = "" if peak is None else f"   MFU {rate[which] * tokens * flops_per_token(cfg) / peak:.1%}"
+        print(
+            f"{label:10}{rate[which]:9.3f}{rate[which] * tokens:10.0f}"
+            f"{statistics.median(res['seconds']):10.3f}{res['peak_rss_mb']:13.0f}"
+            f"{res['first_loss']:12.4f}{res['last_loss']:8.4f}   [{rounds}]{mfu}"
+        )
+    print(f"ratio ours/HF (steps/s): {rate['ours'] / rate['hf']:.3f} (target >= 1.0)")
+
+
+def main() -> None:
+    """Parse flags, then measure and report each preset."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", action="append", help="repeatable; default: small, then tiny")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--block", type=int, default=None, help="sequence length; default: the preset's")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best is kept")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    settings = {k: getattr(args, k) for k in ("steps", "warmup", "batch", "threads", "device")}
+    for name in args.preset or ["small", "tiny"]:
+        overrides = {} if args.block is None else {"block_size": args.block}
+        cfg = GPTConfig.preset(name, VOCAB, **overrides)
+        report(name, cfg, settings, measure(cfg, settings, args.rounds))
+
+
+if __name__ == "__main__":
+    main()

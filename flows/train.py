@@ -1,0 +1,144 @@
+"""The train flow: token shards in, checkpoints, a loss curve and evaluation out (model.train underneath)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.config import PRESETS, GPTConfig
+from model.optim import TrainConfig
+from model.train import train
+from storage.layout import code_version, find_stage_dirs, read_manifest, stage_dir, stage_key
+
+STAGE = "train"
+CODE_MODULES = (
+    "model.config",
+    "model.transformer",
+    "model.data",
+    "model.optim",
+    "model.checkpoint",
+    "model.train",
+    "storage.tokens",
+)
+
+
+class TrainStage(BaseModel):
+    """Which model to train on which tokens, how, and on what device."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    preset: str = "tiny"
+    """Model preset: tiny (~1M), small (~10M), guide (~28M), base (~125M); see model/config.py."""
+    model: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the preset's fields, e.g. {block_size: 256, n_layer: 4}."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Optimizer, schedule, batch, evaluation and checkpoint settings."""
+    device: str | None = None
+    """cuda, cpu or None (CUDA when present)."""
+    gpu_slot: Literal["auto", "always", "never"] = "auto"
+    """Hold a slot of the global concurrency limit `gpu_limit` while training: auto = on CUDA only."""
+    gpu_limit: str = "gpu"
+    """Name of the Prefect global concurrency limit (create it: `prefect gcl create gpu --limit 1`)."""
+
+    def model_for(self, vocab_size: int) -> GPTConfig:
+        """The model config for a tokenizer's vocabulary."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"train.preset {self.preset!r} is not one of {sorted(PRESETS)}")
+        return GPTConfig.preset(self.preset, vocab_size, **self.model)
+
+
+def _tokens_stage(run_root: str, tokens_dir: str | None) -> Path:
+    """The tokens stage to train on: the one given, or the newest under the run root."""
+    if tokens_dir:
+        return Path(tokens_dir)
+    dirs = find_stage_dirs(run_root, "tokens")
+    if not dirs:
+        raise FileNotFoundError(f"no complete tokens stage under {run_root}: run `crucible tokenize` first")
+    return dirs[0]
+
+
+@contextlib.contextmanager
+def _gpu_slot(stage: TrainStage) -> Iterator[None]:
+    """Hold one slot of the GPU concurrency limit when configured; strict, so a missing limit is an error."""
+    on_cuda = (stage.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if stage.gpu_slot == "always" or (stage.gpu_slot == "auto" and on_cuda):
+        with concurrency(stage.gpu_limit, occupy=1, strict=True):
+            yield
+    else:
+        yield
+
+
+def _progress(max_steps: int) -> Any:
+    """An on_log callback that moves a progress artifact and logs evaluations."""
+    artifact = create_progress_artifact(progress=0.0, key="train-progress", description="Training progress")
+    logger = get_run_logger()
+
+    def on_log(record: dict[str, Any]) -> None:
+        if record["kind"] == "train":
+            update_progress_artifact(artifact, progress=100.0 * (record["step"] + 1) / max_steps)
+            logger.info("step %d loss %.4f lr %.2e", record["step"], record["loss"], record["lr"])
+        elif record["kind"] == "eval":
+            logger.info("step %d val loss %.4f", record["step"], record["val_loss"])
+
+    return on_log
+
+
+@task(name="train-model", retries=2, retry_delay_seconds=5, task_run_name="train {out_dir}")
+def train_task(
+    cfg: GPTConfig, stage: TrainStage, train_shards: list[str], val_shards: list[str], out_dir: str, tok: str
+) -> dict[str, Any]:
+    """Train; a retry calls train() again, which resumes from the newest complete checkpoint."""
+    with _gpu_slot(stage):
+        return train(
+            cfg,
+            stage.train,
+            [Path(p) for p in train_shards],
+            [Path(p) for p in val_shards],
+            Path(out_dir),
+            tokenizer_hash=tok,
+            device=stage.device,
+            on_log=_progress(stage.train.max_steps),
+        )
+
+
+def _curve(summary: dict[str, Any]) -> str:
+    """Markdown of the loss curve (train and validation losses by step)."""
+    val = dict(summary["val_losses"])
+    rows = [
+        f"| {s} | {loss:.4f} | {val.get(s + 1, float('nan')):.4f} |" for s, loss in summary["train_losses"]
+    ]
+    return "| step | train loss | val loss |\n|---|---|---|\n" + "\n".join(rows)
+
+
+@flow(name="train", flow_run_name="train {run_root}")
+def train_flow(
+    run_root: str, config: TrainStage | None = None, tokens_dir: str | None = None
+) -> dict[str, Any]:
+    """Train the configured model on the newest token shards; checkpoints under train/<key>/checkpoints."""
+    stage = config or TrainStage()
+    tokens = _tokens_stage(run_root, tokens_dir)
+    manifest = read_manifest(tokens) or {}
+    tok = manifest["tokenizer"]
+    cfg = stage.model_for(tok["vocab_size"])
+    shards = {s: [str(tokens / e["files"][s]) for e in manifest["shards"]] for s in ("train", "val")}
+    view = {"model": cfg.model_dump(mode="json"), "train": stage.train.model_dump(mode="json")}
+    out = stage_dir(run_root, STAGE, stage_key(STAGE, view, tokens.name, code_version(*CODE_MODULES)))
+    summary = train_task(cfg, stage, shards["train"], shards["val"], str(out), tok["hash"])
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=(
+            f"# Train\n\n- model: {summary['params']:,} parameters ({stage.preset})\n"
+            f"- steps: {summary['step']}, tokens/s: {summary['tokens_per_s']:,.0f}\n"
+            f"- checkpoint: `{summary['checkpoint']}`\n\n{_curve(summary)}\n"
+        ),
+        description="Training summary and loss curve",
+    )
+    return {"stage_dir": str(out), "tokenizer": tok["hash"], **summary}
