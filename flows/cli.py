@@ -60,6 +60,69 @@ def cmd_tokenize(ns: argparse.Namespace) -> dict[str, Any]:
     return run_tokenize(cfg.run_root, cfg.tokenize, cfg.workers, ns.docs_dir)
 
 
+def cmd_train(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible train --run-root DIR`: train the configured model on the newest token shards."""
+    from flows.train import train_flow
+
+    cfg = _config(ns, ns.overrides)
+    return train_flow(run_root=cfg.run_root, config=cfg.train, tokens_dir=ns.tokens_dir)
+
+
+def _trained(ns: argparse.Namespace) -> tuple[Any, dict[str, Any], Path]:
+    """The model of --checkpoint (or the newest train stage of --run-root) and its tokenizer.json."""
+    from flows.train import tokenizer_of
+    from model.checkpoint import load_model
+    from storage.layout import find_stage_dirs
+
+    if ns.checkpoint:
+        where = Path(ns.checkpoint)
+    else:
+        stages = find_stage_dirs(ns.run_root or "runs/default", "train")
+        if not stages:
+            raise FileNotFoundError("no train stage found: give --checkpoint or --run-root")
+        where = stages[0]
+    model, state = load_model(where)
+    stage = next((p for p in [where, *where.parents] if (p / "_manifest.json").exists()), None)
+    tokenizer = Path(ns.tokenizer) if ns.tokenizer else (tokenizer_of(stage) if stage else None)
+    if tokenizer is None or not tokenizer.exists():
+        raise FileNotFoundError("tokenizer.json not found: give --tokenizer")
+    return model, state, tokenizer
+
+
+def cmd_generate(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible generate --checkpoint DIR --prompt TEXT`: sample a continuation."""
+    from model.generate import sample_text
+
+    model, state, tokenizer = _trained(ns)
+    texts = [
+        sample_text(
+            model, tokenizer, ns.prompt, ns.max_new_tokens, ns.temperature, ns.top_k, ns.top_p, ns.seed + i
+        )
+        for i in range(ns.samples)
+    ]
+    return {"step": state["step"], "samples": texts}
+
+
+def cmd_export(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible export --checkpoint DIR --out DIR`: write a Hugging Face Llama checkpoint."""
+    from tokenizers import Tokenizer
+
+    from model.export import export_llama
+    from tasks.tokenizer import EOS, PAD
+
+    model, state, tokenizer = _trained(ns)
+    tok = Tokenizer.from_file(str(tokenizer))
+    out = export_llama(
+        model,
+        model.cfg,
+        Path(ns.out),
+        tokenizer,
+        eos_token_id=tok.token_to_id(EOS),
+        pad_token_id=tok.token_to_id(PAD),
+    )
+    return {"step": state["step"], "out": str(out)}
+
+
 def cmd_train_quality(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible train-quality --positive P... --negative N... --out DIR`."""
     from flows.quality import train_quality_flow
@@ -130,6 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tokenize.set_defaults(func=cmd_tokenize)
 
+    trainer = sub.add_parser("train", help="train the transformer on the newest token shards")
+    trainer.add_argument(
+        "overrides", nargs="*", help="dotted.key=value overrides, e.g. train.train.max_steps=500"
+    )
+    trainer.add_argument("--config", help="YAML pipeline config (its train section is used)")
+    trainer.add_argument("--run-root", help="output folder (default: the config's run_root)")
+    trainer.add_argument(
+        "--tokens-dir", help="tokens stage to train on (default: the newest in the run root)"
+    )
+    trainer.set_defaults(func=cmd_train)
+
+    for name, helptext in (("generate", "sample text from a checkpoint"), ("export", "export a checkpoint")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--checkpoint", help="checkpoint, checkpoints folder or train stage (newest one)")
+        p.add_argument("--run-root", help="use the newest train stage of this run root")
+        p.add_argument("--tokenizer", help="tokenizer.json (default: the one the model was trained with)")
+        if name == "generate":
+            p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+            p.add_argument("--max-new-tokens", type=int, default=100)
+            p.add_argument("--temperature", type=float, default=0.8)
+            p.add_argument("--top-k", type=int, default=None)
+            p.add_argument("--top-p", type=float, default=0.95)
+            p.add_argument("--samples", type=int, default=1)
+            p.add_argument("--seed", type=int, default=0)
+            p.set_defaults(func=cmd_generate)
+        else:
+            p.add_argument("--out", required=True, help="output folder for the Hugging Face Llama checkpoint")
+            p.set_defaults(func=cmd_export)
+
     quality = sub.add_parser("train-quality", help="train the fastText quality classifier")
     quality.add_argument("--positive", nargs="+", required=True, help="document shards or JSONL of good text")
     quality.add_argument("--negative", nargs="+", required=True, help="document shards or JSONL of bad text")
@@ -159,13 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
     ns, extra = parser.parse_known_args(argv)
     if extra and (
-        ns.command not in ("ingest", "run", "curate", "dedup", "tokenize")
+        ns.command not in ("ingest", "run", "curate", "dedup", "tokenize", "train")
         or any(a.startswith("-") for a in extra)
     ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "ingest":
         ns.inputs = [*ns.inputs, *extra]
-    elif ns.command in ("run", "curate", "dedup", "tokenize"):
+    elif ns.command in ("run", "curate", "dedup", "tokenize", "train"):
         ns.overrides = [*ns.overrides, *extra]
     try:
         result = ns.func(ns)

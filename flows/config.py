@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.train import TrainStage
 from tasks.dedup_config import DedupConfig
 from tasks.ingest import IngestConfig
 from tasks.scoring import CurateConfig
@@ -36,6 +37,8 @@ class PipelineConfig(BaseModel):
     """Deduplication settings: exact, MinHash-LSH near dedup, verification, persistent index."""
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     """Tokenizer training (byte-level BPE) and token shards."""
+    train: TrainStage = Field(default_factory=TrainStage)
+    """Model preset and overrides, optimizer, schedule, evaluation and checkpoints."""
 
 
 def is_override(arg: str) -> bool:

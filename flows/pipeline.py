@@ -1,4 +1,4 @@
-"""The end-to-end pipeline flow; it grows a subflow per stage (ingest, curate, dedup, tokenize today)."""
+"""The end-to-end pipeline flow: ingest, curate, dedup, tokenize and train as subflows."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flows.curate import run_curate
 from flows.dedup import run_dedup
 from flows.ingest import run_ingest
 from flows.tokenize_flow import run_tokenize
+from flows.train import train_flow
 
 
 @flow(name="pipeline", flow_run_name="pipeline {config.run_root}")
@@ -22,4 +23,5 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     curate = run_curate(config.run_root, config.curate, config.workers, ingest["stage_dir"])
     dedup = run_dedup(config.run_root, config.dedup, config.workers, curate["stage_dir"])
     tokens = run_tokenize(config.run_root, config.tokenize, config.workers, dedup["stage_dir"])
-    return {"ingest": ingest, "curate": curate, "dedup": dedup, "tokenize": tokens}
+    trained = train_flow(run_root=config.run_root, config=config.train, tokens_dir=tokens["stage_dir"])
+    return {"ingest": ingest, "curate": curate, "dedup": dedup, "tokenize": tokens, "train": trained}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.config import PRESETS, GPTConfig
 from model.optim import TrainConfig
 from model.train import train
-from storage.layout import code_version, find_stage_dirs, read_manifest, stage_dir, stage_key
+from storage.layout import code_version, find_stage_dirs, read_manifest, stage_dir, stage_key, write_manifest
 
 STAGE = "train"
 CODE_MODULES = (
@@ -26,6 +26,8 @@ CODE_MODULES = (
     "model.optim",
     "model.checkpoint",
     "model.train",
+    "storage.schemas",
+    "storage.shards",
     "storage.tokens",
 )
 
@@ -141,4 +143,19 @@ def train_flow(
         ),
         description="Training summary and loss curve",
     )
+    manifest = {
+        "stage": STAGE,
+        "tokens": str(tokens),
+        "tokenizer": tok,
+        "model": cfg.model_dump(mode="json"),
+        "train": stage.train.model_dump(mode="json"),
+        **{k: summary[k] for k in ("step", "checkpoint", "params", "tokens_per_s", "val_losses")},
+    }
+    write_manifest(out, manifest)
     return {"stage_dir": str(out), "tokenizer": tok["hash"], **summary}
+
+
+def tokenizer_of(train_stage: Path) -> Path:
+    """The tokenizer.json a train stage was trained with (kept in its tokens stage)."""
+    manifest = read_manifest(train_stage) or {}
+    return Path(manifest["tokens"]) / "tokenizer.json"

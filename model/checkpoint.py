@@ -151,3 +151,25 @@ def load(path: Path) -> dict[str, Any]:
     if not (path / META).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {META})")
     return torch.load(path / STATE, map_location="cpu", weights_only=True)
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint directory from itself, a `checkpoints/` folder or a train stage (newest complete one)."""
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    for folder in (path, path / "checkpoints"):
+        if folder.is_dir() and (found := latest(folder)) is not None:
+            return found
+    raise FileNotFoundError(f"no complete checkpoint at or under {path}")
+
+
+def load_model(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The Transformer saved in a checkpoint (eval mode, CPU) and the checkpoint's state."""
+    from model.config import GPTConfig
+    from model.transformer import Transformer
+
+    state = load(resolve(path))
+    model = Transformer(GPTConfig.model_validate(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
