@@ -110,7 +110,9 @@ def run_stage(n_docs: int, work: Path) -> dict[str, Any]:
     )
     start = time.perf_counter()
     with mp.get_context("forkserver").Pool(2) as pool:
-        pool.starmap(filter_shard, [(p, f, str(work / "out"), 2000) for p, f in shards])
+        decided = summary["sidecars"]
+        jobs = [(p, f, decided[sidecar_name(Path(p).name)], str(work / "out"), 2000) for p, f in shards]
+        pool.starmap(filter_shard, jobs)
     report["filter_s"] = time.perf_counter() - start
     report["total_s"] = sum(report[k] for k in ("signatures_s", "buckets_s", "cluster_s", "filter_s"))
     report.update(

@@ -139,13 +139,22 @@ def dedup_flow(
     pairs = str(work / PAIRS)
     _options(bucket_task, "lsh buckets", run_root, work, PAIRS)(refs, str(index), parts, pairs, cfg)
     sidecars = [sidecar_name(Path(r.source).name) for r in refs]
-    summary = _options(cluster_task, "cluster", run_root, out_dir, *sidecars)(
-        refs, str(index), parts, pairs, str(out_dir), cfg
+    summary = dict(
+        _options(cluster_task, "cluster", run_root, out_dir, *sidecars)(
+            refs, str(index), parts, pairs, str(out_dir), cfg
+        )
     )
+    decided = summary.pop("sidecars")
     filtered = [
         _options(
             filter_task, f"filter: {e['path']}", run_root, out_dir, e["path"], sidecar_name(e["path"])
-        ).submit(str(upstream / e["path"]), e["fingerprint"], str(out_dir), cfg.batch_size)
+        ).submit(
+            str(upstream / e["path"]),
+            e["fingerprint"],
+            decided[sidecar_name(e["path"])],
+            str(out_dir),
+            cfg.batch_size,
+        )
         for e in entries
     ]
     shards: list[ShardRef] = [f.result() for f in filtered]

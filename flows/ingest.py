@@ -15,7 +15,7 @@ from storage.layout import code_version, read_manifest, stage_dir, stage_key, st
 from storage.refs import ShardRef
 from tasks.demo_corpus import resolve_inputs
 from tasks.ingest import CODE_MODULES, IngestConfig, ingest_group_task
-from tasks.inputs import InputGroup, discover, plan_groups
+from tasks.inputs import InputGroup, discover, load_plan, plan_groups, save_plan
 
 STAGE = "ingest"
 
@@ -71,12 +71,14 @@ def ingest_flow(inputs: list[str], run_root: str, config: IngestConfig | None = 
     logger = get_run_logger()
     out_dir = ingest_dir(run_root, cfg)
     files, urls = discover(resolve_inputs(inputs, Path(run_root)))
-    groups = plan_groups(files, urls, cfg.group_files, cfg.group_bytes, cfg.urls_per_group)
+    previous = load_plan(out_dir)
+    groups = plan_groups(files, urls, cfg.group_files, cfg.group_bytes, cfg.urls_per_group, previous)
     logger.info(
         "ingest: %d files and %d urls in %d groups -> %s", len(files), len(urls), len(groups), out_dir
     )
     futures = [_submit(g, cfg, out_dir, run_root) for g in groups]
     refs = [f.result() for f in futures]
+    save_plan(out_dir, previous, groups)
     manifest = _manifest(out_dir.name, cfg, list(inputs), refs)
     previous = read_manifest(out_dir)
     # An unchanged rerun leaves the manifest untouched, so the whole stage directory stays byte-identical.

@@ -58,16 +58,26 @@ def cluster_step(
     start = time.perf_counter()
     corpus = load_corpus(refs, load_parts(Path(index_dir), parts), cfg)
     decisions = resolve(corpus, load_pairs(Path(pairs_path), corpus.length.size), cfg)
+    sidecars = {}
     for ref, table in zip(refs, sidecar_tables(corpus, decisions), strict=True):
-        write_shard(Path(out_dir) / sidecar_name(Path(ref.source).name), table, DEDUP_SCHEMA)
-    return {**summary(decisions, corpus), "seconds": round(time.perf_counter() - start, 3)}
+        path = Path(out_dir) / sidecar_name(Path(ref.source).name)
+        write_shard(path, table, DEDUP_SCHEMA)
+        sidecars[path.name] = file_fingerprint(path)
+    seconds = round(time.perf_counter() - start, 3)
+    return {**summary(decisions, corpus), "seconds": seconds, "sidecars": sidecars}
 
 
-def filter_shard(in_path: str, in_fingerprint: str, out_dir: str, batch_size: int) -> ShardRef:
-    """Write the documents of one shard that its dedup sidecar keeps."""
+def filter_shard(
+    in_path: str, in_fingerprint: str, sidecar_fingerprint: str, out_dir: str, batch_size: int
+) -> ShardRef:
+    """Write the documents of one shard that its dedup sidecar (of the given fingerprint) keeps."""
     start = time.perf_counter()
     name = Path(in_path).name
     out = Path(out_dir)
+    # The fingerprint is in the task's cache key, so new decisions (a later run's documents joining a
+    # cluster) re-filter the shard; checking it here refuses a sidecar rewritten by another run meanwhile.
+    if file_fingerprint(out / sidecar_name(name)) != sidecar_fingerprint:
+        raise ValueError(f"{out / sidecar_name(name)} changed while this run was filtering")
     decisions = read_shard(out / sidecar_name(name), DEDUP_SCHEMA, columns=["id", "drop_reason"])
     keep = pc.is_null(decisions.column("drop_reason")).combine_chunks()
     offset, per_source = 0, Counter[str]()

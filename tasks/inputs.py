@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from storage.layout import short_hash
-from storage.shards import file_fingerprint
+from storage.shards import atomic_write, file_fingerprint
 from tasks.fetch import read_url_list
 
 URL_RE = re.compile(r"^https?://", re.IGNORECASE)
@@ -38,6 +39,9 @@ SUFFIX_KINDS: tuple[tuple[str, str], ...] = (
     (".ndjson", "text"),
     (".urls", "urls"),
 )
+
+# The stage directory's record of every group planned so far, for incremental runs.
+PLAN_FILE = "_groups.json"
 
 # Streaming kinds are read record by record; the others are one document per file.
 STREAMING_KINDS = frozenset({"warc"})
@@ -125,10 +129,72 @@ def discover(specs: Iterable[str]) -> tuple[list[InputFile], list[str]]:
     return sorted(files.values(), key=lambda f: f.path), list(dict.fromkeys(urls))
 
 
+def _cut_after(name: str, mean: int) -> bool:
+    """Whether a content-defined group boundary follows this path or URL: true for about one in `mean`."""
+    return mean <= 1 or int(short_hash(["cut", name], 8), 16) % mean == 0
+
+
+def _chunks(
+    items: list[str], max_items: int, sizes: list[int] | None = None, max_size: int = 0
+) -> list[list[int]]:
+    """Indices of `items` cut into runs bounded in count (and size), with content-defined boundaries.
+
+    A boundary falls after an item whose name hashes to one of `max_items // 2` values, so it depends on the
+    item itself, not on its position: adding or removing inputs changes only the groups around them and
+    the rest keep their content-addressed shards (cutting every `max_items` would shift every later group).
+    The bounds still cut where a run would grow too large.
+    """
+    mean = max(1, max_items // 2)
+    runs: list[list[int]] = []
+    run: list[int] = []
+    size = 0
+    for i, name in enumerate(items):
+        grow = sizes[i] if sizes else 0
+        if run and (len(run) >= max_items or (sizes is not None and size + grow > max_size)):
+            runs.append(run)
+            run, size = [], 0
+        run.append(i)
+        size += grow
+        if _cut_after(name, mean):
+            runs.append(run)
+            run, size = [], 0
+    if run:
+        runs.append(run)
+    return runs
+
+
+def _reuse(
+    previous: Iterable[InputGroup], files: list[InputFile], urls: list[str]
+) -> tuple[list[InputGroup], list[InputFile], list[str]]:
+    """Earlier groups whose members are all still inputs, unchanged; and the inputs left over."""
+    free_files, free_urls = {f.path: f for f in files}, dict.fromkeys(urls)
+    kept: list[InputGroup] = []
+    for group in sorted(previous, key=lambda g: g.key):
+        members = [free_files.get(f.path) for f in group.files]
+        if members != group.files or not all(u in free_urls for u in group.urls):
+            continue  # a member changed, went away or is taken: the group dissolves and is re-planned
+        kept.append(group)
+        for f in group.files:
+            del free_files[f.path]
+        for u in group.urls:
+            del free_urls[u]
+    return kept, [f for f in files if f.path in free_files], [u for u in urls if u in free_urls]
+
+
 def plan_groups(
-    files: list[InputFile], urls: list[str], max_files: int, max_bytes: int, urls_per_group: int
+    files: list[InputFile],
+    urls: list[str],
+    max_files: int,
+    max_bytes: int,
+    urls_per_group: int,
+    previous: Iterable[InputGroup] = (),
 ) -> list[InputGroup]:
-    """Split inputs into groups of one kind, bounded in files and bytes; WARCs and URL lists alone."""
+    """Split inputs into groups of one kind, bounded in files and bytes; WARCs and URL lists alone.
+
+    Groups planned by an earlier run (`previous`) are kept whole while their members are unchanged, so an
+    incremental run puts only new inputs into new groups and every earlier shard stays a cache hit.
+    """
+    kept, files, urls = _reuse(previous, files, urls)
     groups: list[InputGroup] = []
     by_kind: dict[str, list[InputFile]] = {}
     for f in files:
@@ -137,21 +203,39 @@ def plan_groups(
         if kind in STREAMING_KINDS:
             groups.extend(_group(kind, [f]) for f in members)
             continue
-        batch: list[InputFile] = []
-        for f in members:
-            if batch and (len(batch) >= max_files or sum(b.size for b in batch) + f.size > max_bytes):
-                groups.append(_group(kind, batch))
-                batch = []
-            batch.append(f)
-        if batch:
-            groups.append(_group(kind, batch))
-    for start in range(0, len(urls), urls_per_group):
-        chunk = urls[start : start + urls_per_group]
+        runs = _chunks([f.path for f in members], max_files, [f.size for f in members], max_bytes)
+        groups.extend(_group(kind, [members[i] for i in run]) for run in runs)
+    for run in _chunks(urls, urls_per_group):
+        chunk = [urls[i] for i in run]
         groups.append(InputGroup(kind="urls", files=[], urls=chunk, key=short_hash(["urls", chunk])))
-    return groups
+    # Sorted by kind, then by first input, so the plan reads in a stable order whatever the history.
+    return sorted([*kept, *groups], key=lambda g: (g.kind == "urls", g.kind, _first(g)))
+
+
+def _first(group: InputGroup) -> str:
+    """The group's first file path or URL."""
+    return group.files[0].path if group.files else group.urls[0]
 
 
 def _group(kind: str, files: list[InputFile]) -> InputGroup:
     """A group whose key hashes its kind and every member's path and content."""
     key = short_hash([kind, [(f.path, f.fingerprint) for f in files]])
     return InputGroup(kind=kind, files=files, key=key)
+
+
+def load_plan(stage_dir: Path) -> list[InputGroup]:
+    """The groups earlier runs planned into this stage directory (none when there is no record)."""
+    path = Path(stage_dir) / PLAN_FILE
+    if not path.is_file():
+        return []
+    return [InputGroup.model_validate(g) for g in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def save_plan(stage_dir: Path, previous: list[InputGroup], groups: list[InputGroup]) -> None:
+    """Record these groups and the earlier ones whose shards still exist (rewritten only on change)."""
+    out = Path(stage_dir)
+    merged = {g.key: g for g in previous if (out / g.shard_name).exists()} | {g.key: g for g in groups}
+    data = json.dumps([merged[k].model_dump() for k in sorted(merged)], indent=1) + "\n"
+    path = out / PLAN_FILE
+    if not path.is_file() or path.read_text(encoding="utf-8") != data:
+        atomic_write(path, lambda tmp: tmp.write_text(data, encoding="utf-8"))

@@ -17,7 +17,7 @@ from test_minhash import BOOKS, _book_paragraphs, _chunks, _variant
 from flows.config import load_config
 from storage.layout import read_manifest
 from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA, Document, new_document
-from storage.shards import read_shard
+from storage.shards import file_fingerprint, read_shard
 from tasks.dedup_config import DUP_EXACT, DUP_MINHASH, DedupConfig
 from tasks.dedup_index import DedupIndexError, commit, snapshot
 from tasks.dedup_sigs import SignatureError, SigRef, signature_shard, validate_signatures
@@ -111,10 +111,17 @@ def test_filter_writes_kept_documents(tmp_path: Path) -> None:
     stage = write_doc_stage(tmp_path / "curate", [docs])
     _, rows, _ = _dedup(stage, tmp_path / "w", DedupConfig())
     entry = read_manifest(stage)["shards"][0]
-    ref = filter_shard(str(stage / entry["path"]), entry["fingerprint"], str(tmp_path / "w" / "out"), 100)
+    out = tmp_path / "w" / "out"
+    sidecar = out / sidecar_name(entry["path"])
+    ref = filter_shard(
+        str(stage / entry["path"]), entry["fingerprint"], file_fingerprint(sidecar), str(out), 100
+    )
     kept = read_shard(tmp_path / "w" / "out" / entry["path"], DOCUMENT_SCHEMA)
     assert set(kept.column("id").to_pylist()) == {i for i, r in rows.items() if r["drop_reason"] is None}
     assert ref.rows == len(docs) - 3 and ref.drop_reasons == {DUP_EXACT: 1, DUP_MINHASH: 2}
+    # A sidecar that is not the one the caller decided on (rewritten meanwhile) is refused.
+    with pytest.raises(ValueError, match="changed while this run was filtering"):
+        filter_shard(str(stage / entry["path"]), entry["fingerprint"], "0" * 32, str(out), 100)
 
 
 def test_same_decisions_whatever_the_sharding(tmp_path: Path) -> None:
@@ -157,7 +164,8 @@ def test_index_dedups_later_runs_against_earlier_ones(tmp_path: Path) -> None:
     assert all(r["drop_reason"] is None for r in rows.values())
     entry = read_manifest(stage1)["shards"][0]
     out1 = tmp_path / "w1" / "out"
-    filter_shard(str(stage1 / entry["path"]), entry["fingerprint"], str(out1), 100)
+    sidecar = file_fingerprint(out1 / sidecar_name(entry["path"]))
+    filter_shard(str(stage1 / entry["path"]), entry["fingerprint"], sidecar, str(out1), 100)
     commit(index, cfg, "run1", index_rows(refs, str(out1), cfg), stage=str(out1))
 
     second = [_doc(_edit(first[0].text, rng), "new-near"), _doc(first[1].text, "new-exact")]

@@ -58,11 +58,48 @@ def test_plan_groups_bounds_size_and_keeps_warcs_alone(tmp_path: Path) -> None:
     (tmp_path / "b.warc").write_bytes(b"y")
     files, _ = discover([str(tmp_path)])
     groups = plan_groups(files, ["https://u.example/1", "https://u.example/2"], 2, 10_000, 1)
-    kinds = [(g.kind, len(g.files) or len(g.urls)) for g in groups]
-    assert kinds == [("pdf", 2), ("pdf", 2), ("pdf", 1), ("warc", 1), ("warc", 1), ("urls", 1), ("urls", 1)]
+    assert [g.kind for g in groups] == ["pdf"] * (len(groups) - 4) + ["warc", "warc", "urls", "urls"]
+    pdfs = [g for g in groups if g.kind == "pdf"]
+    assert all(1 <= len(g.files) <= 2 for g in pdfs) and sum(len(g.files) for g in pdfs) == 5
+    assert [f for g in pdfs for f in g.files] == [f for f in files if f.kind == "pdf"]  # order kept
     assert len({g.shard_name for g in groups}) == len(groups)
     # Keys are content addresses: the same inputs plan to the same shard names.
-    assert [g.key for g in plan_groups(files, [], 2, 10_000, 1)] == [g.key for g in groups[:5]]
+    assert [g.key for g in plan_groups(files, [], 2, 10_000, 1)] == [g.key for g in groups[:-2]]
+    # The byte bound cuts too: 300 + 400 bytes do not fit in 500.
+    assert all(
+        sum(f.size for f in g.files) <= 500 or len(g.files) == 1 for g in plan_groups(files, [], 5, 500, 1)
+    )
+
+
+def test_adding_inputs_keeps_the_other_groups(tmp_path: Path) -> None:
+    for i in range(400):
+        (tmp_path / f"doc{i:04d}.txt").write_text(f"text {i}")
+    files, _ = discover([str(tmp_path)])
+    first = plan_groups(files, [], 16, 1 << 30, 1)
+    assert max(len(g.files) for g in first) <= 16
+    # 10% more files, spread among the old ones (their names sort between them).
+    for i in range(0, 400, 10):
+        (tmp_path / f"doc{i:04d}b.txt").write_text(f"new {i}")
+    (tmp_path / "doc0005.txt").write_text("changed")
+    more, _ = discover([str(tmp_path)])
+    # With the earlier plan, every earlier group whose files are unchanged is kept whole ...
+    after = plan_groups(more, [], 16, 1 << 30, 1, previous=first)
+    changed = [g for g in after if g not in first]
+    dissolved = [g for g in first if g not in after]
+    assert len(dissolved) == 1 and "doc0005.txt" in {Path(f.path).name for f in dissolved[0].files}
+    # ... and only the new files and the changed file's group-mates are planned anew.
+    assert sum(len(g.files) for g in changed) == 40 + len(dissolved[0].files)
+    assert sorted(f.path for g in after for f in g.files) == sorted(f.path for f in more)
+    # Without it, boundaries depend on the inputs themselves, so one insertion moves at most a few groups.
+    for i in (3, 200):
+        (tmp_path / f"doc{i:04d}c.txt").write_text(f"one more {i}")
+    most, _ = discover([str(tmp_path)])
+    plain, plain_more = plan_groups(more, [], 16, 1 << 30, 1), plan_groups(most, [], 16, 1 << 30, 1)
+    assert len({g.key for g in plain_more} - {g.key for g in plain}) <= 6
+    urls = [f"https://u.example/{i}" for i in range(1000)]
+    old_keys = {g.key for g in plan_groups([], urls, 1, 1, 50)}
+    new_keys = {g.key for g in plan_groups([], [*urls[:500], "https://u.example/new", *urls[500:]], 1, 1, 50)}
+    assert len(new_keys - old_keys) <= 3
 
 
 @pytest.mark.parametrize(
