@@ -21,6 +21,8 @@ def _config(ns: argparse.Namespace, extra: list[str]) -> PipelineConfig:
     """Load the config file, apply overrides and the --run-root flag."""
     if ns.run_root:
         extra = [*extra, f"run_root={ns.run_root}"]
+    if getattr(ns, "dask_address", None):
+        extra = [*extra, f"dask_address={ns.dask_address}"]
     return load_config(ns.config, extra)
 
 
@@ -33,7 +35,7 @@ def cmd_ingest(ns: argparse.Namespace) -> dict[str, Any]:
     inputs = inputs or cfg.inputs
     if not inputs:
         raise ValueError("no inputs: give files, folders, URLs, *.urls lists or builtin:python-docs")
-    return run_ingest(inputs, cfg.run_root, cfg.ingest, cfg.workers)
+    return run_ingest(inputs, cfg.run_root, cfg.ingest, cfg.workers, cfg.dask_address)
 
 
 def cmd_curate(ns: argparse.Namespace) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def cmd_curate(ns: argparse.Namespace) -> dict[str, Any]:
     from flows.curate import run_curate
 
     cfg = _config(ns, ns.overrides)
-    return run_curate(cfg.run_root, cfg.curate, cfg.workers, ns.ingest_dir)
+    return run_curate(cfg.run_root, cfg.curate, cfg.workers, ns.ingest_dir, cfg.dask_address)
 
 
 def cmd_dedup(ns: argparse.Namespace) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def cmd_dedup(ns: argparse.Namespace) -> dict[str, Any]:
     from flows.dedup import run_dedup
 
     cfg = _config(ns, ns.overrides)
-    return run_dedup(cfg.run_root, cfg.dedup, cfg.workers, ns.curate_dir)
+    return run_dedup(cfg.run_root, cfg.dedup, cfg.workers, ns.curate_dir, cfg.dask_address)
 
 
 def cmd_tokenize(ns: argparse.Namespace) -> dict[str, Any]:
@@ -57,15 +59,17 @@ def cmd_tokenize(ns: argparse.Namespace) -> dict[str, Any]:
     from flows.tokenize_flow import run_tokenize
 
     cfg = _config(ns, ns.overrides)
-    return run_tokenize(cfg.run_root, cfg.tokenize, cfg.workers, ns.docs_dir)
+    return run_tokenize(cfg.run_root, cfg.tokenize, cfg.workers, ns.docs_dir, cfg.dask_address)
 
 
 def cmd_train(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible train --run-root DIR`: train the configured model on the newest token shards."""
     from flows.train import train_flow
+    from storage.remote import workspace
 
     cfg = _config(ns, ns.overrides)
-    return train_flow(run_root=cfg.run_root, config=cfg.train, tokens_dir=ns.tokens_dir)
+    with workspace(cfg.run_root, ns.tokens_dir, newest=["tokens"]) as ws:
+        return train_flow(run_root=ws.root, config=cfg.train, tokens_dir=ws.local(ns.tokens_dir))
 
 
 def _trained(ns: argparse.Namespace) -> tuple[Any, dict[str, Any], Path]:
@@ -234,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     run.add_argument("--run-root", help="output folder (default: the config's run_root)")
     run.set_defaults(func=cmd_run)
+    for stage in (ingest, curate, dedup, tokenize, run):
+        stage.add_argument("--dask-address", help="Dask scheduler for the data stages, e.g. tcp://host:8786")
 
     insp = sub.add_parser("inspect", help="show a run's manifests and dropped inputs")
     insp.add_argument("run_root_pos", metavar="RUN_ROOT")

@@ -29,6 +29,9 @@ class PipelineConfig(BaseModel):
     """Files, folders, URLs or URL lists (`*.urls`) to ingest; `builtin:python-docs` is the demo corpus."""
     workers: int = 0
     """Input groups processed at once, each in its own worker process; 0 means one per CPU."""
+    dask_address: str | None = None
+    """Dask scheduler (`tcp://host:8786`) that runs the ingest, curate, dedup and tokenize tasks; unset:
+    this machine's threads. Workers must share the run root's filesystem; ingest needs them non-daemonic."""
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     """Ingest stage settings."""
     curate: CurateConfig = Field(default_factory=CurateConfig)

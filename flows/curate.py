@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import (
     code_version,
@@ -21,6 +21,7 @@ from storage.layout import (
     write_manifest,
 )
 from storage.refs import ShardRef
+from storage.remote import workspace
 from tasks.curate import CODE_MODULES, quality_threshold_task, score_shard_task, select_shard_task
 from tasks.scoring import CurateConfig, sidecar_name
 
@@ -123,10 +124,14 @@ def _manifest(
 
 
 def run_curate(
-    run_root: str, cfg: CurateConfig, workers: int = 0, ingest_dir: str | None = None
+    run_root: str,
+    cfg: CurateConfig,
+    workers: int = 0,
+    ingest_dir: str | None = None,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run the curate flow with `workers` shards at once (0: one per CPU)."""
-    n = workers or os.cpu_count() or 1
-    return curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
-        run_root=str(run_root), config=cfg, ingest_dir=ingest_dir
-    )
+    """Run the curate flow on `workers` threads (0: one per CPU) or a Dask cluster."""
+    with workspace(str(run_root), ingest_dir, newest=["ingest"]) as ws:
+        return curate_flow.with_options(task_runner=task_runner(workers, dask_address))(
+            run_root=ws.root, config=cfg, ingest_dir=ws.local(ingest_dir)
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import (
     code_version,
@@ -22,6 +22,7 @@ from storage.layout import (
     write_manifest,
 )
 from storage.refs import ShardRef
+from storage.remote import workspace
 from tasks.dedup import (
     CODE_MODULES,
     SIGNATURE_MODULES,
@@ -174,10 +175,15 @@ def dedup_flow(
 
 
 def run_dedup(
-    run_root: str, cfg: DedupConfig, workers: int = 0, curate_dir: str | None = None
+    run_root: str,
+    cfg: DedupConfig,
+    workers: int = 0,
+    curate_dir: str | None = None,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run the dedup flow with `workers` shards at once (0: one per CPU)."""
-    n = workers or os.cpu_count() or 1
-    return dedup_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
-        run_root=str(run_root), config=cfg, curate_dir=curate_dir
-    )
+    """Run the dedup flow on `workers` threads (0: one per CPU) or a Dask cluster."""
+    # A URI run root: the curate stage and the dedup index are downloaded first, the outputs uploaded after.
+    with workspace(str(run_root), curate_dir, newest=["curate"], every=["dedup-index"]) as ws:
+        return dedup_flow.with_options(task_runner=task_runner(workers, dask_address))(
+            run_root=ws.root, config=cfg, curate_dir=ws.local(curate_dir)
+        )

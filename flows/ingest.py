@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +9,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import code_version, read_manifest, stage_dir, stage_key, stage_manifest, write_manifest
 from storage.refs import ShardRef
+from storage.remote import fetch_inputs, workspace
 from tasks.demo_corpus import resolve_inputs
 from tasks.ingest import CODE_MODULES, IngestConfig, ingest_group_task
 from tasks.inputs import InputGroup, discover, load_plan, plan_groups, save_plan
@@ -94,9 +95,11 @@ def ingest_flow(inputs: list[str], run_root: str, config: IngestConfig | None = 
     return {"stage_dir": str(out_dir), **counts}
 
 
-def run_ingest(inputs: list[str], run_root: str, cfg: IngestConfig, workers: int = 0) -> dict[str, Any]:
-    """Run the ingest flow with `workers` groups at once (0: one per CPU)."""
-    n = workers or os.cpu_count() or 1
-    return ingest_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
-        inputs=inputs, run_root=str(run_root), config=cfg
-    )
+def run_ingest(
+    inputs: list[str], run_root: str, cfg: IngestConfig, workers: int = 0, dask_address: str | None = None
+) -> dict[str, Any]:
+    """Run the ingest flow on `workers` threads (0: one per CPU) or a Dask cluster, remote inputs fetched."""
+    with workspace(str(run_root)) as ws:
+        local_inputs = fetch_inputs(inputs, Path(ws.root) / "inputs" / "remote")
+        runner = task_runner(workers, dask_address, spawns=True)
+        return ingest_flow.with_options(task_runner=runner)(inputs=local_inputs, run_root=ws.root, config=cfg)

@@ -12,6 +12,7 @@ from flows.dedup import run_dedup
 from flows.ingest import run_ingest
 from flows.tokenize_flow import run_tokenize
 from flows.train import train_flow
+from storage.remote import workspace
 
 
 @flow(name="pipeline", flow_run_name="pipeline {config.run_root}")
@@ -19,9 +20,11 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage in order on one config; return each stage's summary."""
     if not config.inputs:
         raise ValueError("config.inputs is empty: give files, folders, URLs or builtin:python-docs")
-    ingest = run_ingest(config.inputs, config.run_root, config.ingest, config.workers)
-    curate = run_curate(config.run_root, config.curate, config.workers, ingest["stage_dir"])
-    dedup = run_dedup(config.run_root, config.dedup, config.workers, curate["stage_dir"])
-    tokens = run_tokenize(config.run_root, config.tokenize, config.workers, dedup["stage_dir"])
-    trained = train_flow(run_root=config.run_root, config=config.train, tokens_dir=tokens["stage_dir"])
+    root, workers, dask = config.run_root, config.workers, config.dask_address
+    ingest = run_ingest(config.inputs, root, config.ingest, workers, dask)
+    curate = run_curate(root, config.curate, workers, ingest["stage_dir"], dask)
+    dedup = run_dedup(root, config.dedup, workers, curate["stage_dir"], dask)
+    tokens = run_tokenize(root, config.tokenize, workers, dedup["stage_dir"], dask)
+    with workspace(root, tokens["stage_dir"]) as ws:
+        trained = train_flow(run_root=ws.root, config=config.train, tokens_dir=tokens["stage_dir"])
     return {"ingest": ingest, "curate": curate, "dedup": dedup, "tokenize": tokens, "train": trained}

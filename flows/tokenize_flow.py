@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import (
     code_version,
@@ -18,6 +19,7 @@ from storage.layout import (
     stage_key,
     write_manifest,
 )
+from storage.remote import workspace
 from storage.schemas import SCHEMA_VERSION
 from storage.shards import atomic_write
 from storage.tokens import export_nanogpt, token_dtype
@@ -170,9 +172,14 @@ def tokenize_flow(
 
 
 def run_tokenize(
-    run_root: str, cfg: TokenizeConfig, workers: int = 0, docs_dir: str | None = None
+    run_root: str,
+    cfg: TokenizeConfig,
+    workers: int = 0,
+    docs_dir: str | None = None,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run the tokenize flow with `workers` shards at once (0: two; encoding is multi-threaded already)."""
-    return tokenize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers or 2))(
-        run_root=str(run_root), config=cfg, docs_dir=docs_dir
-    )
+    """Run the tokenize flow on `workers` threads (0: two; encoding is multi-threaded) or a Dask cluster."""
+    with workspace(str(run_root), docs_dir, newest=["dedup", "curate"]) as ws:
+        return tokenize_flow.with_options(task_runner=task_runner(workers, dask_address, default=2))(
+            run_root=ws.root, config=cfg, docs_dir=ws.local(docs_dir)
+        )

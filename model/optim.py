@@ -36,10 +36,11 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
     batch_size: int = Field(8, gt=0)
-    """Sequences per micro-batch (one forward and backward pass)."""
+    """Sequences per micro-batch (one forward and backward pass) of each process; data-parallel training
+    on N processes makes the global micro-batch N · batch_size."""
     tokens_per_step: int | None = Field(None, gt=0)
-    """Tokens per optimizer step; must be a multiple of batch_size · block_size, the extra micro-batches
-    being accumulated. None takes one micro-batch per step."""
+    """Tokens per optimizer step over all processes; must be a multiple of batch_size · block_size ·
+    processes, the extra micro-batches being accumulated. None takes one micro-batch per step."""
     eval_every: int = Field(250, ge=0)
     """Evaluate on the validation shards every this many steps (and at the end); 0 only at the end."""
     eval_batches: int = Field(20, gt=0)
@@ -88,16 +89,16 @@ class TrainConfig(BaseModel):
             raise ValueError(f"max_loss_ratio must be 0 (off) or above 1, got {self.max_loss_ratio}")
         return self
 
-    def grad_accum_steps(self, block_size: int) -> int:
-        """Micro-batches per optimizer step for this context length (tokens_per_step / micro-batch tokens)."""
-        micro = self.batch_size * block_size
+    def grad_accum_steps(self, block_size: int, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step and process (tokens_per_step / global micro-batch tokens)."""
+        micro = world_size * self.batch_size * block_size
         if self.tokens_per_step is None:
             return 1
         # Rounding silently would change the effective batch, and with it the tuned learning rate.
         if self.tokens_per_step % micro:
             raise ValueError(
-                f"tokens_per_step ({self.tokens_per_step}) must be a multiple of batch_size · block_size "
-                f"({self.batch_size} · {block_size} = {micro})"
+                f"tokens_per_step ({self.tokens_per_step}) must be a multiple of batch_size · block_size · "
+                f"processes ({self.batch_size} · {block_size} · {world_size} = {micro})"
             )
         return self.tokens_per_step // micro
 

@@ -8,12 +8,16 @@ A "step" is the number of optimizer updates applied to the weights a number desc
 loss logged at step s was measured on the weights after s updates, while validation losses and
 checkpoints taken after update s carry step s + 1. Records go to `out_dir/metrics.jsonl` (after a
 resume, steps past the checkpoint appear again; the later line wins) and to `on_log`.
+
+Under torchrun every process calls `train` and they train one model data-parallel (model.distributed):
+each rank reads its own slice of every global batch, DDP averages the gradients, losses are averaged
+over ranks before they are logged or guarded (so every rank stops at the same step), and only rank 0
+writes metrics and checkpoints. N ranks of micro-batch B train like one process of micro-batch N·B.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -30,9 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model import checkpoint
+from model import checkpoint, distributed
 from model.config import GPTConfig, flops_per_token, param_count
 from model.data import TokenLoader
+from model.metrics import METRICS, MetricsLog, Throughput
 from model.optim import TrainConfig, lr_at, make_optimizer, set_lr
 from model.transformer import Transformer
 
@@ -50,7 +55,6 @@ PEAK_FLOPS: list[tuple[str, float]] = [
     ("RTX 3090", 71e12),
 ]
 PEAK_FLOPS_ENV = "CRUCIBLE_PEAK_FLOPS"
-METRICS = "metrics.jsonl"
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,18 +114,23 @@ def accumulate(
 ) -> float:
     """Forward and backward `accum` micro-batches into the gradients; returns their mean loss."""
     total = torch.zeros((), device=device)
-    for _ in range(accum):
+    for i in range(accum):
         x, y = next(batches)
-        with precision(device, dtype):
-            _, loss = model(x.to(device), y.to(device))
-        # Scaling by 1/accum makes the summed gradients those of the mean loss over all micro-batches.
-        (loss / accum).backward()
+        # Under DDP the gradients are all-reduced once, in the last micro-batch's backward pass.
+        with distributed.no_sync(model, last=i == accum - 1):
+            with precision(device, dtype):
+                _, loss = model(x.to(device), y.to(device))
+            # Scaling by 1/accum makes the summed gradients those of the mean loss over all micro-batches.
+            (loss / accum).backward()
         total += loss.detach()
     return (total / accum).item()
 
 
 def clip_grads(model: nn.Module, grad_clip: float) -> float:
-    """Clip the global gradient norm to `grad_clip` (0: no clipping); returns the norm before clipping."""
+    """Clip the global gradient norm to `grad_clip` (0: no clipping); returns the norm before clipping.
+
+    Under DDP it runs after the all-reduce, on gradients identical on every rank, so all ranks agree.
+    """
     max_norm = grad_clip if grad_clip > 0 else math.inf
     return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
 
@@ -163,49 +172,6 @@ def _due(done: int, every: int, max_steps: int) -> bool:
     return done == max_steps or (every > 0 and done % every == 0)
 
 
-class MetricsLog:
-    """Append records to metrics.jsonl, pass them to `on_log`, and log a line."""
-
-    def __init__(self, path: Path, on_log: Callable[[dict[str, Any]], None] | None) -> None:
-        """Records go to `path` (created with its directory) and to `on_log` when given."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.on_log = path, on_log
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        """Write one record."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if self.on_log is not None:
-            self.on_log(record)
-
-
-class Throughput:
-    """Tokens per second over the current logging window and over the whole run."""
-
-    def __init__(self) -> None:
-        """Start with empty windows."""
-        self.tokens = self.seconds = 0.0
-        self.total_tokens = self.total_seconds = 0.0
-
-    def add(self, tokens: int, seconds: float) -> None:
-        """Count one step."""
-        self.tokens += tokens
-        self.seconds += seconds
-        self.total_tokens += tokens
-        self.total_seconds += seconds
-
-    def window(self) -> float:
-        """Tokens/s since the last call, then start a new window."""
-        rate = self.tokens / self.seconds if self.seconds else 0.0
-        self.tokens = self.seconds = 0.0
-        return rate
-
-    def overall(self) -> float:
-        """Tokens/s over every step this process ran."""
-        return self.total_tokens / self.total_seconds if self.total_seconds else 0.0
-
-
 def _state(
     raw: Transformer,
     optimizer: torch.optim.Optimizer,
@@ -238,15 +204,26 @@ def _save(
     run: RunState,
     tcfg: TrainConfig,
     tokenizer_hash: str | None,
+    d: distributed.Dist,
 ) -> Path:
-    """Checkpoint the current state, refusing non-finite weights so a good checkpoint is never displaced."""
+    """Checkpoint the current state from rank 0, refusing non-finite weights (a good one is never displaced).
+
+    Every rank calls this: the finiteness check runs everywhere (the weights are the same on every rank,
+    so all ranks stop together), and every rank's RNG state is gathered, since each has its own dropout.
+    """
     if not all(torch.isfinite(p).all() for p in raw.parameters()):
         raise TrainingDiverged(run.step, "the weights after the last update are not finite")
+    rngs = distributed.all_gather(checkpoint.rng_state(), d)
+    if not d.is_main:
+        return checkpoint.step_dir(ckpt_dir, run.step)
     meta = {
         "train_loss": run.train_losses[-1][1] if run.train_losses else None,
         "val_loss": run.val_losses[-1][1] if run.val_losses else None,
+        "world_size": d.world_size,
     }
     state = _state(raw, optimizer, loader, run, tcfg, tokenizer_hash)
+    if d.enabled:
+        state["rng_ranks"] = rngs
     return checkpoint.save(ckpt_dir, state, meta, tcfg.keep_checkpoints)
 
 
@@ -256,6 +233,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     loader: TokenLoader,
     tokenizer_hash: str | None,
+    d: distributed.Dist,
 ) -> RunState:
     """Load model, optimizer, loader and RNG states from a checkpoint; returns the loop's state."""
     state = checkpoint.load(path)
@@ -265,9 +243,19 @@ def _resume(
         raise ValueError(f"{path} was trained with tokenizer {state['tokenizer_hash']}, not {tokenizer_hash}")
     raw.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    loader.load_state_dict(state["loader"])
+    loader.load_state_dict(state["loader"])  # the same global position on every rank
+    rngs = state.get("rng_ranks") or [state["rng"]]
+    if len(rngs) != d.world_size and d.is_main:
+        log.warning(
+            "%s was saved by %d processes and is resumed by %d: the data order continues exactly; ranks "
+            "without a saved RNG state keep fresh dropout streams",
+            path,
+            len(rngs),
+            d.world_size,
+        )
     # Last, so nothing done while rebuilding the run consumes the restored generators.
-    checkpoint.set_rng_state(state["rng"])
+    if d.rank < len(rngs):
+        checkpoint.set_rng_state(rngs[d.rank])
     log.info("resumed from %s at step %d", path, state["step"])
     return RunState(state["step"], state["best_loss"], state["train_losses"], state["val_losses"])
 
@@ -285,32 +273,55 @@ def train(
     """Train (or resume training of) a Transformer; returns the final step, loss histories and throughput.
 
     Checkpoints go to `out_dir/checkpoints`; the newest complete one there is resumed automatically.
-    Without `val_shards` no validation loss is computed. Raises TrainingDiverged on a bad loss.
+    Without `val_shards` no validation loss is computed. Raises TrainingDiverged on a bad loss. Under
+    torchrun every process calls this and they train data-parallel; `on_log` is called on rank 0 only,
+    and every rank returns the same summary (out_dir must be on a filesystem all nodes share).
     """
-    out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
-    dev = resolve_device(device)
-    accum = tcfg.grad_accum_steps(cfg.block_size)
-    seed_everything(tcfg.seed)
+    with distributed.session(resolve_device(device)) as d:
+        return _train(cfg, tcfg, train_shards, val_shards, Path(out_dir), tokenizer_hash, on_log, d)
+
+
+def _train(
+    cfg: GPTConfig,
+    tcfg: TrainConfig,
+    train_shards: list[Path],
+    val_shards: list[Path],
+    out_dir: Path,
+    tokenizer_hash: str | None,
+    on_log: Callable[[dict[str, Any]], None] | None,
+    d: distributed.Dist,
+) -> dict[str, Any]:
+    """The loop of `train`, on this rank's device in the process group `d` (a world of one alone)."""
+    ckpt_dir, dev = out_dir / "checkpoints", d.device
+    accum = tcfg.grad_accum_steps(cfg.block_size, d.world_size)
+    seed_everything(tcfg.seed)  # the same on every rank, so every rank builds the same initial weights
     raw = Transformer(cfg, checkpointing=tcfg.activation_checkpointing).to(dev)
+    distributed.seed_rank(tcfg.seed, d)
     optimizer = make_optimizer(raw, tcfg)
-    loader = TokenLoader(train_shards, cfg.block_size, tcfg.batch_size, tcfg.seed, tokenizer_hash)
+    settings = (cfg.block_size, tcfg.batch_size, tcfg.seed, tokenizer_hash)
+    loader = TokenLoader(train_shards, *settings, rank=d.rank, world_size=d.world_size)
     # A fresh, identically seeded loader per evaluation, so every evaluation sees the same batches.
-    val_loader = partial(TokenLoader, val_shards, cfg.block_size, tcfg.batch_size, tcfg.seed, tokenizer_hash)
+    val_loader = partial(TokenLoader, val_shards, *settings, rank=d.rank, world_size=d.world_size)
     if val_shards:
         val_loader()  # refuse bad validation shards now rather than at the first evaluation
-    run, resumed_from = RunState(), checkpoint.latest(ckpt_dir)
+    # Rank 0 picks the checkpoint, so all ranks resume from the same one whatever each sees on disk.
+    run, resumed_from = RunState(), distributed.broadcast(checkpoint.latest(ckpt_dir), d)
     if resumed_from is not None:
-        run = _resume(resumed_from, raw, optimizer, loader, tokenizer_hash)
+        run = _resume(resumed_from, raw, optimizer, loader, tokenizer_hash, d)
+    # No rank starts before every rank has read the checkpoint: rank 0's next save may prune it.
+    distributed.barrier(d)
     model = torch.compile(raw) if tcfg.compile else raw
-    metrics, meter = MetricsLog(out_dir / METRICS, on_log), Throughput()
-    tokens_per_step = accum * tcfg.batch_size * cfg.block_size
+    ddp_model = distributed.wrap(model, d)
+    metrics, meter = MetricsLog(out_dir / METRICS, on_log, enabled=d.is_main), Throughput()
+    tokens_per_step = accum * tcfg.batch_size * cfg.block_size * d.world_size
     peak = peak_flops(dev)
     last_ckpt = resumed_from
 
     for step in range(run.step, tcfg.max_steps):
         started = time.perf_counter()
         lr = set_lr(optimizer, lr_at(step, tcfg))
-        loss = accumulate(model, loader, accum, dev, tcfg.dtype)
+        # Averaged over ranks: the global batch's loss, the same everywhere, so every guard agrees.
+        loss = distributed.mean(accumulate(ddp_model, loader, accum, dev, tcfg.dtype), d)
         check_loss(step, loss, run.best_loss, tcfg)
         grad_norm = clip_grads(raw, tcfg.grad_clip)
         check_grad_norm(step, grad_norm)
@@ -322,17 +333,19 @@ def train(
         if step % tcfg.log_every == 0 or run.step == tcfg.max_steps:
             run.train_losses.append([step, loss])
             rate = meter.window()
-            mfu = rate * flops_per_token(cfg) / peak if peak else None
+            mfu = rate * flops_per_token(cfg) / (peak * d.world_size) if peak else None
             record = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
             metrics({**record, "tokens_per_s": rate, "mfu": mfu})
         if val_shards and _due(run.step, tcfg.eval_every, tcfg.max_steps):
-            val_loss = evaluate(model, val_loader(), tcfg.eval_batches, dev, tcfg.dtype)
+            val_loss = distributed.mean(evaluate(model, val_loader(), tcfg.eval_batches, dev, tcfg.dtype), d)
             run.val_losses.append([run.step, val_loss])
             metrics({"kind": "eval", "step": run.step, "val_loss": val_loss})
         if _due(run.step, tcfg.checkpoint_every, tcfg.max_steps):
-            last_ckpt = _save(ckpt_dir, raw, optimizer, loader, run, tcfg, tokenizer_hash)
+            last_ckpt = _save(ckpt_dir, raw, optimizer, loader, run, tcfg, tokenizer_hash, d)
             metrics({"kind": "checkpoint", "step": run.step, "path": str(last_ckpt)})
 
+    # Every rank returns only once rank 0's last checkpoint is on disk.
+    distributed.barrier(d)
     return {
         "step": run.step,
         "train_losses": run.train_losses,
@@ -343,4 +356,5 @@ def train(
         "params": param_count(cfg),
         "grad_accum_steps": accum,
         "device": str(dev),
+        "world_size": d.world_size,
     }

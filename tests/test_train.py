@@ -85,6 +85,9 @@ def test_train_config_validation() -> None:
     assert TrainConfig(lr=1e-2).min_lr == pytest.approx(1e-3)
     assert TrainConfig(batch_size=2, tokens_per_step=256).grad_accum_steps(32) == 4
     assert TrainConfig(batch_size=2).grad_accum_steps(32) == 1
+    assert TrainConfig(batch_size=2, tokens_per_step=256).grad_accum_steps(32, world_size=2) == 2
+    with pytest.raises(ValueError, match="2 · 32 · 3 = 192"):
+        TrainConfig(batch_size=2, tokens_per_step=256).grad_accum_steps(32, world_size=3)
     with pytest.raises(ValueError, match="multiple of batch_size"):
         TrainConfig(batch_size=2, tokens_per_step=100).grad_accum_steps(32)
     for bad in (
