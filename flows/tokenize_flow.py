@@ -15,6 +15,7 @@ from storage.layout import (
     code_version,
     find_stage_dirs,
     read_manifest,
+    short_hash,
     stage_dir,
     stage_key,
     write_manifest,
@@ -41,6 +42,8 @@ CODE_MODULES = (
     "tasks.tokenizer",
     "tasks.tokenize_shards",
 )
+# What decides a trained tokenizer: a change elsewhere re-tokenizes but keeps the vocabulary.
+TOKENIZER_MODULES = ("tasks.tokenizer",)
 
 
 def _upstream(run_root: str, docs_dir: str | None) -> Path:
@@ -69,12 +72,15 @@ def _tokenizer(
             "eos_id": eos,
             "pad_id": pad,
         }
-    code = code_version(*CODE_MODULES)
+    # Keyed by the tokenizer settings and the tokenizer code only; retraining also keys on the documents.
+    data = short_hash([e["fingerprint"] for e in entries]) if cfg.retrain_tokenizer else None
+    settings = cfg.tokenizer.model_dump(mode="json")
     out = stage_dir(
-        run_root,
-        "tokenizer",
-        stage_key("tokenizer", cfg.tokenizer.model_dump(mode="json"), upstream.name, code),
+        run_root, "tokenizer", stage_key("tokenizer", settings, data, code_version(*TOKENIZER_MODULES))
     )
+    kept = read_manifest(out)
+    if kept is not None and (out / "tokenizer.json").is_file():
+        return {k: kept[k] for k in ("path", "hash", "vocab_size", "eos_id", "pad_id")}
     trained = cached_options(
         train_tokenizer_task, "train tokenizer", ["tokenize"], run_root, out, "tokenizer.json"
     )(
@@ -83,15 +89,7 @@ def _tokenizer(
         str(out),
         cfg.tokenizer,
     )
-    write_manifest(
-        out,
-        {
-            "stage": "tokenizer",
-            "upstream": str(upstream),
-            "config": cfg.tokenizer.model_dump(mode="json"),
-            **trained,
-        },
-    )
+    write_manifest(out, {"stage": "tokenizer", "upstream": str(upstream), "config": settings, **trained})
     return trained
 
 

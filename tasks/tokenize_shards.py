@@ -39,6 +39,10 @@ class TokenizeConfig(BaseModel):
     """Documents encoded per encode_batch call."""
     export_nanogpt: bool = False
     """Also write nanoGPT's train.bin / val.bin (flat uint16) next to the shards."""
+    retrain_tokenizer: bool = False
+    """Retrain the tokenizer whenever the documents change. Off, the first tokenizer trained in this run
+    root with these tokenizer settings is kept: adding documents re-tokenizes only the new shards, and earlier
+    token shards and checkpoints stay compatible with the new ones."""
 
     @field_validator("val_fraction")
     @classmethod
@@ -67,6 +71,7 @@ class TokenShardRef(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: str
+    source_fingerprint: str
     files: dict[str, str]
     documents: dict[str, int]
     tokens: dict[str, int]
@@ -111,6 +116,7 @@ def tokenize_shard(
         documents[split], tokens[split] = len(names), int(flat.size)
     return TokenShardRef(
         source=in_path,
+        source_fingerprint=in_fingerprint,
         files=files,
         documents=documents,
         tokens=tokens,
