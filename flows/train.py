@@ -1,4 +1,10 @@
-"""The train flow: token shards in, checkpoints, a loss curve and evaluation out (model.train underneath)."""
+"""The train flow: token shards in, checkpoints, a loss curve and evaluation out (model.train underneath).
+
+One process trains in the task itself; with nproc_per_node (or nnodes) above 1 the task runs torchrun as a
+subprocess (model.launch), passes its output to the run logger and follows rank 0's metrics.jsonl for
+the progress artifact. Either way a retry resumes from the newest complete checkpoint, and an unchanged
+rerun is a cache hit as long as the final checkpoint is still on disk.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,14 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model import checkpoint
 from model.config import PRESETS, GPTConfig
+from model.launch import LaunchSpec, launch
 from model.optim import TrainConfig
 from model.train import train
+from storage.cache import SHARD_POLICY, cached_options
 from storage.layout import code_version, find_stage_dirs, read_manifest, stage_dir, stage_key, write_manifest
 
 STAGE = "train"
@@ -25,7 +34,10 @@ CODE_MODULES = (
     "model.data",
     "model.optim",
     "model.checkpoint",
+    "model.distributed",
+    "model.metrics",
     "model.train",
+    "model.launch",
     "storage.schemas",
     "storage.shards",
     "storage.tokens",
@@ -46,9 +58,34 @@ class TrainStage(BaseModel):
     device: str | None = None
     """cuda, cpu or None (CUDA when present)."""
     gpu_slot: Literal["auto", "always", "never"] = "auto"
-    """Hold a slot of the global concurrency limit `gpu_limit` while training: auto = on CUDA only."""
+    """Hold nproc_per_node slots of the global concurrency limit `gpu_limit` while training: auto = on
+    CUDA only."""
     gpu_limit: str = "gpu"
-    """Name of the Prefect global concurrency limit (create it: `prefect gcl create gpu --limit 1`)."""
+    """Name of the Prefect global concurrency limit, one slot per GPU of the machine (create it:
+    `prefect gcl create gpu --limit 8`)."""
+    nproc_per_node: int = Field(1, ge=1)
+    """Training processes on this machine, one per GPU; above 1 the task runs them with torchrun (DDP).
+    train.batch_size is per process, so the global batch is nproc_per_node · nnodes · batch_size."""
+    nnodes: int = Field(1, ge=1)
+    """Machines training together; every one runs this flow with the same config, its checkpoints and
+    token shards on a filesystem they all share."""
+    rdzv_endpoint: str | None = None
+    """host:port where the nodes meet (torchrun's c10d rendezvous, hosted by the node at that address);
+    required when nnodes > 1."""
+    rdzv_id: str | None = None
+    """Rendezvous id, the same on every node; None: the train stage's key."""
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> TrainStage:
+        """Several nodes cannot meet without an endpoint."""
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint (host:port of one of the nodes)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.nproc_per_node * self.nnodes
 
     def model_for(self, vocab_size: int) -> GPTConfig:
         """The model config for a tokenizer's vocabulary."""
@@ -69,23 +106,26 @@ def _tokens_stage(run_root: str, tokens_dir: str | None) -> Path:
 
 @contextlib.contextmanager
 def _gpu_slot(stage: TrainStage) -> Iterator[None]:
-    """Hold one slot of the GPU concurrency limit when configured; strict, so a missing limit is an error."""
+    """Hold a GPU slot per local process when configured; strict, so a missing limit is an error."""
     on_cuda = (stage.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if stage.gpu_slot == "always" or (stage.gpu_slot == "auto" and on_cuda):
-        with concurrency(stage.gpu_limit, occupy=1, strict=True):
+        with concurrency(stage.gpu_limit, occupy=stage.nproc_per_node, strict=True):
             yield
     else:
         yield
 
 
-def _progress(max_steps: int) -> Any:
-    """An on_log callback that moves a progress artifact and logs evaluations."""
+def _progress(max_steps: int, log_records: bool = True) -> Any:
+    """An on_log callback that moves a progress artifact and logs losses (unless the output already has)."""
     artifact = create_progress_artifact(progress=0.0, key="train-progress", description="Training progress")
     logger = get_run_logger()
 
     def on_log(record: dict[str, Any]) -> None:
         if record["kind"] == "train":
             update_progress_artifact(artifact, progress=100.0 * (record["step"] + 1) / max_steps)
+        if not log_records:
+            return
+        if record["kind"] == "train":
             logger.info("step %d loss %.4f lr %.2e", record["step"], record["loss"], record["lr"])
         elif record["kind"] == "eval":
             logger.info("step %d val loss %.4f", record["step"], record["val_loss"])
@@ -93,12 +133,46 @@ def _progress(max_steps: int) -> Any:
     return on_log
 
 
-@task(name="train-model", retries=2, retry_delay_seconds=5, task_run_name="train {out_dir}")
+def _torchrun(
+    cfg: GPTConfig, stage: TrainStage, train_shards: list[str], val_shards: list[str], out_dir: str, tok: str
+) -> dict[str, Any]:
+    """Train under torchrun in a subprocess, its output into the run log, rank 0's records into progress."""
+    spec = LaunchSpec(
+        model=cfg,
+        train=stage.train,
+        train_shards=train_shards,
+        val_shards=val_shards,
+        out_dir=out_dir,
+        tokenizer_hash=tok,
+        device=stage.device,
+    )
+    logger = get_run_logger()
+    return launch(
+        spec,
+        stage.nproc_per_node,
+        stage.nnodes,
+        stage.rdzv_endpoint,
+        stage.rdzv_id or Path(out_dir).name,
+        on_line=logger.info,  # rank 0's output already holds every record
+        on_record=_progress(stage.train.max_steps, log_records=False),
+    )
+
+
+@task(
+    name="train-model",
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=SHARD_POLICY,
+    persist_result=True,
+    task_run_name="train {out_dir}",
+)
 def train_task(
     cfg: GPTConfig, stage: TrainStage, train_shards: list[str], val_shards: list[str], out_dir: str, tok: str
 ) -> dict[str, Any]:
-    """Train; a retry calls train() again, which resumes from the newest complete checkpoint."""
+    """Train; a retry trains again, which resumes from the newest complete checkpoint."""
     with _gpu_slot(stage):
+        if stage.world_size > 1:
+            return _torchrun(cfg, stage, train_shards, val_shards, out_dir, tok)
         return train(
             cfg,
             stage.train,
@@ -131,9 +205,19 @@ def train_flow(
     tok = manifest["tokenizer"]
     cfg = stage.model_for(tok["vocab_size"])
     shards = {s: [str(tokens / e["files"][s]) for e in manifest["shards"]] for s in ("train", "val")}
-    view = {"model": cfg.model_dump(mode="json"), "train": stage.train.model_dump(mode="json")}
+    # Keyed by the global batch, not by its split: 2 processes of batch B read the same windows as 1 of
+    # batch 2B (and train alike up to rounding), so each resumes the other's checkpoints.
+    view = {
+        "model": cfg.model_dump(mode="json"),
+        "train": stage.train.model_dump(mode="json", exclude={"batch_size"}),
+        "global_batch_size": stage.train.batch_size * stage.world_size,
+    }
     out = stage_dir(run_root, STAGE, stage_key(STAGE, view, tokens.name, code_version(*CODE_MODULES)))
-    summary = train_task(cfg, stage, shards["train"], shards["val"], str(out), tok["hash"])
+    # The inputs carry the stage directory (config, tokens stage and code version) and the shard paths;
+    # a cache hit without the final checkpoint on disk would claim a model that is gone, so it retrains.
+    final = checkpoint.step_dir(Path("checkpoints"), stage.train.max_steps) / checkpoint.META
+    task_obj = cached_options(train_task, f"train {out}", [STAGE], run_root, out, str(final))
+    summary = task_obj(cfg, stage, shards["train"], shards["val"], str(out), tok["hash"])
     create_markdown_artifact(
         key="train-summary",
         markdown=(
