@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -20,6 +21,7 @@ from storage.remote import (
     mirror_dir,
     pull_dir,
     push_root,
+    workspace,
 )
 from storage.schemas import DOCUMENT_SCHEMA, Document, new_document
 from storage.shards import ShardError, read_shard
@@ -117,6 +119,31 @@ def test_push_uploads_marker_last_and_repairs_interrupted_uploads(tmp_path: Path
     with pytest.raises(ShardError, match="does not have"):
         pull_dir(fs, f"{base}/curate/k1", tmp_path / "other" / "curate" / "k1", MANIFEST)
     assert not (tmp_path / "other" / "curate" / "k1" / MANIFEST).exists()
+
+
+def test_workspace_pulls_the_newest_stage_or_the_one_named(tmp_path: Path, mirror: Path) -> None:
+    remote = tmp_path / "remote"
+    # Newest by manifest time, not by name: the older stage sorts last.
+    old = write_doc_stage(remote / "curate" / "b-older", [[_doc(1)]])
+    new = write_doc_stage(remote / "curate" / "a-newer", [[_doc(2)]])
+    os.utime(old / MANIFEST, (1e9, 1e9))
+    with workspace(remote.as_uri(), newest=["dedup", "curate"]) as ws:
+        assert ws.root == str(mirror_dir(remote.as_uri())) and ws.local("/x") == "/x"
+        assert [d.name for d in find_stage_dirs(ws.root, "curate")] == ["a-newer"]
+        assert _tree(Path(ws.root) / "curate" / "a-newer") == _tree(new)
+        # A stage named by its URI is downloaded and mapped into the mirror; one outside the root refused.
+        assert ws.local(f"{remote.as_uri()}/curate/b-older") == str(Path(ws.root) / "curate" / "b-older")
+        assert _tree(Path(ws.root) / "curate" / "b-older") == _tree(old)
+        with pytest.raises(ValueError, match="not under the run root"):
+            ws.local((tmp_path / "elsewhere").as_uri())
+    # A failed block uploads nothing: its outputs may be incomplete.
+    with pytest.raises(RuntimeError), workspace(remote.as_uri()) as ws:
+        write_doc_stage(Path(ws.root) / "curate" / "made", [[_doc(3)]])
+        raise RuntimeError("stage failed")
+    assert not (remote / "curate" / "made").exists()
+    with workspace(remote.as_uri()):
+        pass
+    assert _tree(remote / "curate" / "made") == _tree(Path(ws.root) / "curate" / "made")
 
 
 @pytest.fixture(scope="module")
