@@ -33,7 +33,7 @@ from tasks.dedup import (
     signature_task,
 )
 from tasks.dedup_config import DedupConfig
-from tasks.dedup_index import index_dir, snapshot
+from tasks.dedup_index import index_dir, part_name, snapshot
 from tasks.dedup_sigs import SignatureError, SigRef, signature_name, signature_view, validate_signatures
 from tasks.dedup_stage import sidecar_name
 
@@ -167,7 +167,8 @@ def dedup_flow(
     if previous is None or previous["shards"] != manifest["shards"]:
         write_manifest(out_dir, manifest)
     if cfg.index.enabled:
-        commit_task.with_options(tags=["dedup"])(refs, str(out_dir), str(index), cfg, base)
+        committed = _options(commit_task, "index commit", run_root, index, part_name(base))
+        committed(refs, str(out_dir), str(index), cfg, base)
     _publish(manifest, out_dir)
     counts = manifest["counts"]
     logger.info("dedup: kept %d of %d documents -> %s", counts["documents"], summary["documents"], out_dir)

@@ -25,7 +25,15 @@ from model.launch import LaunchSpec, launch
 from model.optim import TrainConfig
 from model.train import train
 from storage.cache import SHARD_POLICY, cached_options
-from storage.layout import code_version, find_stage_dirs, read_manifest, stage_dir, stage_key, write_manifest
+from storage.layout import (
+    code_version,
+    find_stage_dirs,
+    read_manifest,
+    short_hash,
+    stage_dir,
+    stage_key,
+    write_manifest,
+)
 
 STAGE = "train"
 CODE_MODULES = (
@@ -212,7 +220,11 @@ def train_flow(
         "train": stage.train.model_dump(mode="json", exclude={"batch_size"}),
         "global_batch_size": stage.train.batch_size * stage.world_size,
     }
-    out = stage_dir(run_root, STAGE, stage_key(STAGE, view, tokens.name, code_version(*CODE_MODULES)))
+    # Keyed by the token shards' content too: an incremental run adds shards to the same tokens stage, and
+    # the model trained on the larger corpus is a new one, not the old run's final checkpoint.
+    data = [[e.get("source_fingerprint"), e["files"], e.get("tokens")] for e in manifest["shards"]]
+    upstream = f"{tokens.name}-{short_hash(data)}"
+    out = stage_dir(run_root, STAGE, stage_key(STAGE, view, upstream, code_version(*CODE_MODULES)))
     # The inputs carry the stage directory (config, tokens stage and code version) and the shard paths;
     # a cache hit without the final checkpoint on disk would claim a model that is gone, so it retrains.
     final = checkpoint.step_dir(Path("checkpoints"), stage.train.max_steps) / checkpoint.META

@@ -81,4 +81,11 @@ filter_task = task(name="dedup-filter", cache_policy=SHARD_POLICY, persist_resul
     filter_shard
 )
 # Never cached: committing is idempotent (a run replaces its own part) and must follow every completed run.
-commit_task = task(name="dedup-index-commit", retries=2, retry_delay_seconds=5)(commit_step)
+# Cached like the rest, so an unchanged rerun commits nothing; the flow refreshes it when the part is gone.
+commit_task = task(
+    name="dedup-index-commit",
+    cache_policy=SHARD_POLICY,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=5,
+)(commit_step)

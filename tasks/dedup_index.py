@@ -92,11 +92,16 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def part_name(base: str) -> str:
+    """The file of one dedup run's part, named by its base key."""
+    return f"part-{base}.parquet"
+
+
 def commit(directory: Path, cfg: DedupConfig, base: str, table: pa.Table, stage: str) -> dict[str, Any]:
     """Write (or replace) this run's part and list it; returns the listing entry."""
     if table.schema.remove_metadata() != INDEX_SCHEMA.remove_metadata():
         raise SchemaError("index part does not match the dedup-index schema")
-    name = f"part-{base}.parquet"
+    name = part_name(base)
     with _locked(directory):
         listing = _read(directory)
         _check_settings(listing, cfg, directory)

@@ -65,3 +65,31 @@ def write_doc_stage(directory: Path, shards: list[list[object]], stage: str = "c
         )
     write_manifest(directory, stage_manifest(stage, directory.name, "test", None, {}, refs))
     return directory
+
+
+def flow_tree_states(flow_run_id: object) -> dict[str, list[str]]:
+    """Task-run state names of a flow run and of all its subflows, by flow name (e.g. `ingest`).
+
+    The task runs Prefect records in a parent for each subflow call are left out: they mirror the subflow.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    out: dict[str, list[str]] = {}
+    pending = [flow_run_id]
+    with get_client(sync_client=True) as client:
+        while pending:
+            run = client.read_flow_run(pending.pop())
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+            )
+            wrappers = {c.parent_task_run_id for c in children}
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            name = client.read_flow(run.flow_id).name
+            out.setdefault(name, []).extend(t.state.name for t in tasks if t.id not in wrappers)
+            pending.extend(c.id for c in children)
+    return {name: sorted(states) for name, states in out.items()}
