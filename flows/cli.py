@@ -151,6 +151,22 @@ def cmd_inspect(ns: argparse.Namespace) -> dict[str, Any]:
     return inspect_run(Path(ns.run_root_pos), ns.stage, ns.reason, ns.n, ns.docs)
 
 
+def cmd_server(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible server`: a local Prefect server and a process worker, until Ctrl-C or SIGTERM."""
+    from flows.server import ServerPlan, project_home, serve
+
+    state = Path(ns.state_dir).expanduser().resolve() if ns.state_dir else None
+    return serve(ServerPlan(project_home(ns.home), ns.host, ns.port, ns.pool, state))
+
+
+def cmd_deploy(ns: argparse.Namespace) -> dict[str, Any]:
+    """`crucible deploy [NAME...]`: register prefect.yaml's deployments with the server at PREFECT_API_URL."""
+    from flows.deploy import deploy
+    from flows.server import project_home
+
+    return deploy(project_home(ns.home), ns.names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="crucible", description=__doc__)
@@ -248,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("-n", type=int, default=5, help="how many examples")
     insp.add_argument("--docs", type=int, default=0, help="also print this many sample documents")
     insp.set_defaults(func=cmd_inspect)
+
+    server = sub.add_parser("server", help="run a local Prefect server (UI and API) and a process worker")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    server.add_argument("--port", type=int, default=4200, help="UI and API port (default: 4200)")
+    server.add_argument("--pool", default="crucible-process", help="process work pool the worker polls")
+    server.add_argument("--home", help="project folder (default: $CRUCIBLE_HOME, else the current one)")
+    server.add_argument("--state-dir", help="Prefect state and SQLite file (default: HOME/.crucible/prefect)")
+    server.set_defaults(func=cmd_server)
+
+    dep = sub.add_parser("deploy", help="register prefect.yaml's deployments with the running server")
+    dep.add_argument("names", nargs="*", help="only these, e.g. pipeline/demo (default: all)")
+    dep.add_argument("--home", help="project folder with prefect.yaml (default: $CRUCIBLE_HOME, else here)")
+    dep.set_defaults(func=cmd_deploy)
     return parser
 
 
