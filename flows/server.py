@@ -159,15 +159,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def auth_header(auth: str | None) -> dict[str, str]:
-    """The basic-auth header for `user:password`, or none."""
-    if not auth:
-        return {}
-    import base64
-
-    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
-
-
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
     """Whether `<api_url>/health` answers true (it needs no credentials even with basic auth)."""
     try:
