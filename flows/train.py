@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.train_report import publish, sample_task
 from model import checkpoint
 from model.config import PRESETS, GPTConfig
 from model.launch import LaunchSpec, launch
@@ -34,6 +35,7 @@ from storage.layout import (
     stage_key,
     write_manifest,
 )
+from storage.shards import file_fingerprint
 
 STAGE = "train"
 CODE_MODULES = (
@@ -82,6 +84,14 @@ class TrainStage(BaseModel):
     required when nnodes > 1."""
     rdzv_id: str | None = None
     """Rendezvous id, the same on every node; None: the train stage's key."""
+    samples: int = Field(2, ge=0)
+    """Texts sampled from the final checkpoint for the run's summary (seeds 0, 1, ...); 0 skips sampling."""
+    sample_prompt: str = ""
+    """Prompt the samples continue; empty starts a new document."""
+    sample_tokens: int = Field(64, gt=0)
+    """New tokens per sample."""
+    sample_temperature: float = Field(0.8, gt=0)
+    """Sampling temperature (top-p 0.95)."""
 
     @model_validator(mode="after")
     def _check_nodes(self) -> TrainStage:
@@ -193,15 +203,6 @@ def train_task(
         )
 
 
-def _curve(summary: dict[str, Any]) -> str:
-    """Markdown of the loss curve (train and validation losses by step)."""
-    val = dict(summary["val_losses"])
-    rows = [
-        f"| {s} | {loss:.4f} | {val.get(s + 1, float('nan')):.4f} |" for s, loss in summary["train_losses"]
-    ]
-    return "| step | train loss | val loss |\n|---|---|---|\n" + "\n".join(rows)
-
-
 @flow(name="train", flow_run_name="train {run_root}")
 def train_flow(
     run_root: str, config: TrainStage | None = None, tokens_dir: str | None = None
@@ -230,15 +231,8 @@ def train_flow(
     final = checkpoint.step_dir(Path("checkpoints"), stage.train.max_steps) / checkpoint.META
     task_obj = cached_options(train_task, f"train {out}", [STAGE], run_root, out, str(final))
     summary = task_obj(cfg, stage, shards["train"], shards["val"], str(out), tok["hash"])
-    create_markdown_artifact(
-        key="train-summary",
-        markdown=(
-            f"# Train\n\n- model: {summary['params']:,} parameters ({stage.preset})\n"
-            f"- steps: {summary['step']}, tokens/s: {summary['tokens_per_s']:,.0f}\n"
-            f"- checkpoint: `{summary['checkpoint']}`\n\n{_curve(summary)}\n"
-        ),
-        description="Training summary and loss curve",
-    )
+    samples = _samples(stage, summary, tokens / "tokenizer.json", run_root, out)
+    publish(summary, stage.preset, out, samples)
     manifest = {
         "stage": STAGE,
         "tokens": str(tokens),
@@ -246,9 +240,29 @@ def train_flow(
         "model": cfg.model_dump(mode="json"),
         "train": stage.train.model_dump(mode="json"),
         **{k: summary[k] for k in ("step", "checkpoint", "params", "tokens_per_s", "val_losses")},
+        "samples": samples,
     }
     write_manifest(out, manifest)
-    return {"stage_dir": str(out), "tokenizer": tok["hash"], **summary}
+    return {"stage_dir": str(out), "tokenizer": tok["hash"], **summary, "samples": samples}
+
+
+def _samples(
+    stage: TrainStage, summary: dict[str, Any], tokenizer: Path, run_root: str, out: Path
+) -> list[str]:
+    """Samples from the final checkpoint (cached on its content), none when sampling is off."""
+    if not stage.samples or not summary["checkpoint"] or not tokenizer.is_file():
+        return []
+    ckpt = Path(summary["checkpoint"])
+    runner = cached_options(sample_task, "sample", [STAGE], run_root, out)
+    return runner(
+        str(ckpt),
+        file_fingerprint(ckpt / checkpoint.META),
+        str(tokenizer),
+        stage.sample_prompt,
+        stage.samples,
+        stage.sample_tokens,
+        stage.sample_temperature,
+    )
 
 
 def tokenizer_of(train_stage: Path) -> Path:

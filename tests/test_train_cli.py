@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
 from conftest import write_doc_stage
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.tokenize_flow import tokenize_flow
 from model.checkpoint import load_model
@@ -66,6 +69,24 @@ def test_train_generate_export(tokens_root: Path, prefect_api: str, tmp_path: Pa
     trained = _cli("train", "--run-root", str(tokens_root), *settings, api=prefect_api)
     assert trained["step"] == 30 and trained["checkpoint"].endswith("step-000030")
     assert trained["train_losses"][-1][1] < trained["train_losses"][0][1]
+    # The run's summary: samples from the final checkpoint, the loss curve as a file and as artifacts.
+    assert len(trained["samples"]) == 2 and all(isinstance(t, str) and t for t in trained["samples"])
+    svg = ElementTree.parse(Path(trained["stage_dir"]) / "loss_curve.svg").getroot()
+    assert svg.tag.endswith("svg") and len(svg.findall(".//{http://www.w3.org/2000/svg}polyline")) == 2
+    with get_client(sync_client=True) as client:
+        for key, kind in (
+            ("train-summary", "markdown"),
+            ("train-loss-curve", "image"),
+            ("train-checkpoint", "markdown"),
+        ):
+            (artifact,) = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
+            )
+            assert artifact.type == kind
+            if key == "train-summary":
+                assert "Sample 1" in artifact.data and "train loss" in artifact.data
+            if key == "train-checkpoint":  # a link artifact is stored as markdown
+                assert Path(trained["checkpoint"]).resolve().as_uri() in artifact.data
 
     # generate finds the newest train stage and the tokenizer its tokens stage kept.
     sampled = _cli(
