@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import gather
 from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import (
@@ -86,7 +87,7 @@ def curate_flow(
         ).submit(str(upstream / e["path"]), e["fingerprint"], str(score_dir), cfg)
         for e in entries
     ]
-    scored: list[ShardRef] = [f.result() for f in scored_futures]
+    scored: list[ShardRef] = gather(scored_futures, "curate-score-progress", "curate: scoring shards")
     sidecars = [str(score_dir / r.drops_path) for r in scored]
     threshold = _options(quality_threshold_task, "quality threshold", run_root, score_dir)(
         sidecars, cfg.quality
@@ -97,7 +98,7 @@ def curate_flow(
         ).submit(str(score_dir / r.path), r.fingerprint, str(out_dir), cfg, threshold)
         for r in scored
     ]
-    refs: list[ShardRef] = [f.result() for f in selected]
+    refs: list[ShardRef] = gather(selected, "curate-select-progress", "curate: selecting")
     manifest = _manifest(out_dir.name, cfg, upstream, refs, scored, threshold)
     previous = read_manifest(out_dir)
     if previous is None or previous["shards"] != manifest["shards"]:

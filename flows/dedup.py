@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import gather
 from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import (
@@ -34,6 +35,7 @@ from tasks.dedup import (
 )
 from tasks.dedup_config import DedupConfig
 from tasks.dedup_index import index_dir, part_name, snapshot
+from tasks.dedup_report import cluster_summary
 from tasks.dedup_sigs import SignatureError, SigRef, signature_name, signature_view, validate_signatures
 from tasks.dedup_stage import sidecar_name
 
@@ -79,11 +81,11 @@ def _signatures(
             opts = opts.with_options(refresh_cache=True)
         return opts.submit(str(upstream / entry["path"]), entry["fingerprint"], str(sig_dir), cfg)
 
-    futures = [submit(e) for e in entries]
+    done = gather([submit(e) for e in entries], "dedup-signature-progress", "dedup: signatures")
     refs: list[SigRef] = []
-    for entry, future in zip(entries, futures, strict=True):
+    for entry, result in zip(entries, done, strict=True):
         # A cached ref may come from the same content under another stage: point it at this shard.
-        ref = future.result().model_copy(update={"source": str(upstream / entry["path"])})
+        ref = result.model_copy(update={"source": str(upstream / entry["path"])})
         try:
             validate_signatures(ref, cfg, rows=entry["rows"])
         except SignatureError as exc:
@@ -98,13 +100,18 @@ def _signatures(
     return refs
 
 
-def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
-    """Table artifact of removals per reason and a markdown summary."""
+def _publish(manifest: dict[str, Any], out_dir: Path, clusters: list[dict[str, Any]]) -> None:
+    """Table artifacts of removals per reason and of the largest clusters, and a markdown summary."""
     dedup = manifest["dedup"]
     rows = [{"reason": r, "count": n} for r, n in manifest["counts"]["drop_reasons"].items()] or [
         {"reason": "-", "count": 0}
     ]
     create_table_artifact(key="dedup-removed", table=rows, description="Documents removed by dedup")
+    create_table_artifact(
+        key="dedup-clusters",
+        table=clusters or [{"kept": "-", "removed": 0}],
+        description="Kept documents with the most duplicates removed for them",
+    )
     create_markdown_artifact(
         key="dedup-summary",
         markdown=(
@@ -158,7 +165,7 @@ def dedup_flow(
         )
         for e in entries
     ]
-    shards: list[ShardRef] = [f.result() for f in filtered]
+    shards: list[ShardRef] = gather(filtered, "dedup-filter-progress", "dedup: filtering shards")
     manifest = stage_manifest(STAGE, key, code, str(upstream), cfg.model_dump(mode="json"), shards)
     manifest["counts"]["documents_in"] = summary["documents"]
     manifest["dedup"] = summary
@@ -169,7 +176,7 @@ def dedup_flow(
     if cfg.index.enabled:
         committed = _options(commit_task, "index commit", run_root, index, part_name(base))
         committed(refs, str(out_dir), str(index), cfg, base)
-    _publish(manifest, out_dir)
+    _publish(manifest, out_dir, cluster_summary(str(out_dir), [str(upstream / e["path"]) for e in entries]))
     counts = manifest["counts"]
     logger.info("dedup: kept %d of %d documents -> %s", counts["documents"], summary["documents"], out_dir)
     return {"stage_dir": str(out_dir), **counts, "dedup": manifest["dedup"]}

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import gather
 from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import code_version, read_manifest, stage_dir, stage_key, stage_manifest, write_manifest
@@ -78,7 +79,7 @@ def ingest_flow(inputs: list[str], run_root: str, config: IngestConfig | None = 
         "ingest: %d files and %d urls in %d groups -> %s", len(files), len(urls), len(groups), out_dir
     )
     futures = [_submit(g, cfg, out_dir, run_root) for g in groups]
-    refs = [f.result() for f in futures]
+    refs = gather(futures, "ingest-progress", "ingest: input groups")
     save_plan(out_dir, previous, groups)
     manifest = _manifest(out_dir.name, cfg, list(inputs), refs)
     previous = read_manifest(out_dir)

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import gather
 from flows.runners import task_runner
 from storage.cache import cached_options
 from storage.layout import (
@@ -141,7 +142,7 @@ def tokenize_flow(
         ).submit(str(upstream / e["path"]), e["fingerprint"], tok["path"], tok["hash"], str(out), cfg)
         for e in entries
     ]
-    refs: list[TokenShardRef] = [f.result() for f in futures]
+    refs: list[TokenShardRef] = gather(futures, "tokenize-progress", "tokenize: shards")
     data = Path(tok["path"]).read_bytes()
     atomic_write(out / "tokenizer.json", lambda tmp: tmp.write_bytes(data))
     manifest = _manifest(key, cfg, upstream, tok, refs)

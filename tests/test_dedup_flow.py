@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from conftest import write_doc_stage
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.task_runners import ThreadPoolTaskRunner
 from test_dedup import _edit, _family, _text
 
@@ -72,7 +74,15 @@ def test_flow_caches_reruns_damaged_signatures_and_filters(
 
     again, states = _run(root, stage)
     assert again == first
-    assert {s for n, s in states if not n.startswith("dedup-index-commit")} == {"Cached"}
+    assert {s for n, s in states} == {"Cached"}
+    # The cluster summary: each kept document with its removed copies, largest first.
+    with get_client(sync_client=True) as client:
+        filt = ArtifactFilter(key=ArtifactFilterKey(any_=["dedup-clusters"]))
+        table = json.loads(client.read_artifacts(artifact_filter=filt, limit=1)[0].data)
+    assert sum(row["removed"] for row in table) == 9 and table[0]["removed"] >= table[-1]["removed"]
+    assert sum(row[DUP_EXACT] for row in table) == 3 and all(
+        row["kept"].startswith("mem://") for row in table
+    )
 
     # A truncated signature file is refused and only its producer re-runs; the output is unchanged.
     sig = sorted((root / "dedup-signatures").rglob("sig-*.parquet"))[0]

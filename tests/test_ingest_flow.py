@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -134,7 +135,8 @@ def test_every_shared_pdf_and_warc_is_processed(prefect_api: str, shared_data: P
 
 def _cli(args: list[str], api: str) -> subprocess.CompletedProcess[str]:
     """Run the crucible CLI in a subprocess against the test server."""
-    env = {**os.environ, "PREFECT_API_URL": api}
+    # The progress bar is drawn on a terminal; forced on here so the test sees it.
+    env = {**os.environ, "PREFECT_API_URL": api, "CRUCIBLE_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "flows.cli", *args]
     return subprocess.run(
         cmd, capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[1]
@@ -150,6 +152,7 @@ def test_cli_ingest_inspect_and_errors(prefect_api: str, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert summary["documents"] == 1 and summary["drop_reasons"] == {"unsupported_file_type": 1}
+    assert re.search(r"^ingest: input groups \[#{30}\] 2/2 \d+s$", done.stderr, re.M), done.stderr[-2000:]
     shown = _cli(
         ["inspect", str(tmp_path / "run"), "--reason", "unsupported_file_type", "--docs", "1"], prefect_api
     )
