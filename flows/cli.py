@@ -138,10 +138,13 @@ def cmd_train_quality(ns: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible run CONFIG.yaml`: the whole pipeline."""
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import outline, pipeline_flow, report
 
     ns.config = ns.config_file
-    return pipeline_flow(config=_config(ns, ns.overrides))
+    result = pipeline_flow(config=_config(ns, ns.overrides))
+    # People read the report (after the run's log lines, on stderr); scripts parse the JSON on stdout.
+    print("\n" + report(result), file=sys.stderr)
+    return outline(result)
 
 
 def cmd_inspect(ns: argparse.Namespace) -> dict[str, Any]:

@@ -79,3 +79,31 @@ def incremental_flow(config: PipelineConfig, overrides: list[str] | None = None)
     curate = run_curate(root, config.curate, workers, ingest["stage_dir"], dask)
     dedup = run_dedup(root, config.dedup, workers, curate["stage_dir"], dask)
     return {"ingest": ingest, "curate": curate, "dedup": dedup, "missing": missing}
+
+
+def outline(result: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's result without per-step loss lists: each stage's outputs and counts."""
+    train = {k: v for k, v in result["train"].items() if k not in ("train_losses", "val_losses")}
+    val = result["train"].get("val_losses") or []
+    return {**result, "train": {**train, "final_val_loss": val[-1][1] if val else None}}
+
+
+def report(result: dict[str, Any]) -> str:
+    """A few lines for people: documents kept by each stage, tokens, the checkpoint and a sample."""
+    ingest, curate, dedup, tokens, train = (
+        result[k] for k in ("ingest", "curate", "dedup", "tokenize", "train")
+    )
+    lines = [
+        f"ingest:   {ingest['documents']:,} documents, {ingest['drops']:,} inputs dropped"
+        f" -> {ingest['stage_dir']}",
+        f"curate:   kept {curate['documents']:,} of {curate['documents_in']:,} -> {curate['stage_dir']}",
+        f"dedup:    kept {dedup['documents']:,} of {dedup['documents_in']:,} -> {dedup['stage_dir']}",
+        f"tokenize: {tokens['train']['tokens']:,} train / {tokens['val']['tokens']:,} val tokens"
+        f" -> {tokens['stage_dir']}",
+        f"train:    {train['step']} steps, final val loss "
+        + (f"{train['val_losses'][-1][1]:.3f}" if train.get("val_losses") else "n/a"),
+        f"checkpoint: {train['checkpoint']}",
+    ]
+    for i, text in enumerate(train.get("samples") or []):
+        lines += [f"sample {i + 1}:", *("  " + line for line in text.splitlines() or [""])]
+    return "\n".join(lines)

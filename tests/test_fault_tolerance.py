@@ -59,17 +59,18 @@ def _config(run_root: Path, inputs: list[str]) -> dict:
     }
 
 
-def _start(config: Path, api: str) -> subprocess.Popen:
-    """`crucible run CONFIG` in its own process group against the session's server."""
+def _start(config: Path, api: str, log: Path) -> subprocess.Popen:
+    """`crucible run CONFIG` in its own process group against the session's server, stderr to `log`."""
     env = {**os.environ, "PREFECT_API_URL": api}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", str(config)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    with log.open("ab") as err:  # a file, not a pipe: a full pipe would stall the run
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
 
 
 def _incomplete(run_root: Path, stage: str, pattern: str) -> Callable[[], bool]:
@@ -84,12 +85,12 @@ def _incomplete(run_root: Path, stage: str, pattern: str) -> Callable[[], bool]:
     return check
 
 
-def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> None:
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Path, timeout: float = 240) -> None:
     """SIGKILL the process group as soon as `ready()` holds; fail if the run ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended before the kill point: {proc.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"the run ended before the kill point: {log.read_text()[-2000:]}")
         if time.monotonic() > deadline:
             pytest.fail("the kill point was never reached")
         time.sleep(0.02)
@@ -126,8 +127,12 @@ def test_killed_stages_resume_to_identical_outputs(
         root.mkdir()
         (root / "config.yaml").write_text(yaml.safe_dump(_config(root, inputs)))
 
-    done = _start(reference / "config.yaml", prefect_api)
-    assert done.wait(timeout=600) == 0, done.stderr.read().decode()[-3000:]
+    log = tmp_path / "reference.log"
+    done = _start(reference / "config.yaml", prefect_api, log)
+    assert done.wait(timeout=600) == 0, log.read_text()[-3000:]
+    # What `crucible run` tells people at the end: where each stage wrote, the checkpoint, samples.
+    report = log.read_text()
+    assert "\ncheckpoint: " + str(reference / "train") in report and "\nsample 1:\n" in report
 
     kill_points = [
         ("ingest", _incomplete(killed, "ingest", "shard-*.parquet")),
@@ -137,10 +142,12 @@ def test_killed_stages_resume_to_identical_outputs(
         ("train", lambda: any((killed / "train").glob("*/checkpoints/step-000020/meta.json"))),
     ]
     for stage, ready in kill_points:
-        _kill_when(_start(killed / "config.yaml", prefect_api), ready)
+        log = tmp_path / f"killed-{stage}.log"
+        _kill_when(_start(killed / "config.yaml", prefect_api, log), ready, log)
         assert not find_stage_dirs(killed, {"tokenize": "tokens"}.get(stage, stage)), f"{stage} completed"
-    rerun = _start(killed / "config.yaml", prefect_api)
-    assert rerun.wait(timeout=600) == 0, rerun.stderr.read().decode()[-3000:]
+    log = tmp_path / "rerun.log"
+    rerun = _start(killed / "config.yaml", prefect_api, log)
+    assert rerun.wait(timeout=600) == 0, log.read_text()[-3000:]
 
     assert _outputs(killed) == _outputs(reference)
     (ours, log), (theirs, _) = _final_state(killed), _final_state(reference)
