@@ -68,6 +68,10 @@ class TextConfig(BaseModel):
     max_doc_bytes: int = Field(default=64 << 20, gt=0)
     """A single-document file (or one JSONL line) larger than this is dropped as `text_too_large` without
     being read; gzipped files are also checked after decompression."""
+    split_chars: int = Field(default=0, ge=0)
+    """Cut a plain-text or Markdown file longer than this into documents of at most about this many
+    characters at blank lines (parts `chunk:<k>`), e.g. a corpus like Tiny Shakespeare that is one long
+    file, so it can be split into train and validation; 0 keeps one document per file."""
     max_control_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
     """A text whose share of control characters (other than tab, newlines, form feed) and U+FFFD is above
     this is binary junk and dropped as `text_binary`."""
@@ -171,8 +175,32 @@ def _read_capped(path: Path, size: int, gz: bool, cap: int) -> bytes | None:
     return None if len(raw) > cap else raw
 
 
-def _single_document(path: Path, size: int, kind: str, origin: _Origin, cfg: TextConfig) -> Document | Drop:
-    """One whole file as one document."""
+def split_paragraphs(text: str, max_chars: int) -> list[str]:
+    """Paragraphs (blank-line separated) packed in order into chunks of at most `max_chars` characters.
+
+    A paragraph longer than `max_chars` stays whole in a chunk of its own: cutting inside one would make
+    documents that start mid-sentence.
+    """
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for para in (p.strip("\n") for p in re.split(r"\n[ \t]*\n", text)):
+        if not para.strip():
+            continue
+        if current and size + 2 + len(para) > max_chars:
+            chunks.append("\n\n".join(current))
+            current, size = [], 0
+        current.append(para)
+        size += len(para) + (2 if size else 0)
+    if current:
+        chunks.append("\n\n".join(current))
+    return chunks
+
+
+def _single_document(
+    path: Path, size: int, kind: str, origin: _Origin, cfg: TextConfig
+) -> list[Document] | Drop:
+    """One whole file as one document (or as several, cut at blank lines, with `split_chars`)."""
     gz = path.name.lower().endswith(".gz")
     raw = _read_capped(path, size, gz, cfg.max_doc_bytes)
     if raw is None:
@@ -198,7 +226,23 @@ def _single_document(path: Path, size: int, kind: str, origin: _Origin, cfg: Tex
     if drop := _junk_drop(text, origin, cfg):
         return drop
     fetched = origin.fetched_at
-    return new_document(text, source=SOURCE, uri=origin.uri, title=title, fetched_at=fetched, meta=meta)
+    chunks = (
+        split_paragraphs(text, cfg.split_chars) if cfg.split_chars and len(text) > cfg.split_chars else []
+    )
+    if len(chunks) <= 1:
+        return [new_document(text, source=SOURCE, uri=origin.uri, title=title, fetched_at=fetched, meta=meta)]
+    return [
+        new_document(
+            chunk,
+            source=SOURCE,
+            uri=origin.uri,
+            part=f"chunk:{k}",
+            title=title,
+            fetched_at=fetched,
+            meta={**meta, "chunk": k, "chunks": len(chunks)},
+        )
+        for k, chunk in enumerate(chunks)
+    ]
 
 
 # --- JSONL ------------------------------------------------------------------------------------------
@@ -356,7 +400,8 @@ def extract_text_file(path: Path, cfg: TextConfig) -> Iterator[Document | Drop]:
         if kind == "jsonl":
             yield from _jsonl_documents(path, origin, cfg)
         else:
-            yield _single_document(path, stat.st_size, kind, origin, cfg)
+            result = _single_document(path, stat.st_size, kind, origin, cfg)
+            yield from [result] if isinstance(result, Drop) else result
     except (OSError, EOFError, zlib.error) as exc:
         yield Drop(uri, SOURCE, "text_read_error", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # the contract: bad input is a Drop, never an exception out of here

@@ -438,3 +438,20 @@ def test_reruns_are_identical(tmp_path: Path) -> None:
     path.write_text(MARKDOWN, encoding="utf-8")
     first, second = run(path), run(path)
     assert documents_table(first).equals(documents_table(second))
+
+
+def test_split_chars_cuts_one_long_file_at_blank_lines(shared_data: Path) -> None:
+    path = shared_data / "text" / "tinyshakespeare" / "input.txt"
+    whole = list(extract_text_file(path, TextConfig()))
+    docs = list(extract_text_file(path, TextConfig(split_chars=4000)))
+    assert len(whole) == 1 and 250 < len(docs) < 400 and all(isinstance(d, Document) for d in docs)
+    paragraphs = [p.strip("\n") for p in whole[0].text.split("\n\n") if p.strip()]
+    # Every paragraph survives once, in order, and no chunk is over the limit unless one paragraph is.
+    assert [p for d in docs for p in d.text.split("\n\n")] == paragraphs
+    assert all(len(d.text) <= 4000 or "\n\n" not in d.text for d in docs)
+    assert docs[0].id == doc_id(whole[0].uri, "chunk:0") and len({d.id for d in docs}) == len(docs)
+    assert docs[1].meta["chunk"] == 1 and docs[1].meta["chunks"] == len(docs)
+    # A short file stays one document with the file's own id.
+    junk = next((shared_data / "text" / "quality-negatives").glob("*.txt"))
+    (short,) = extract_text_file(junk, TextConfig(split_chars=10**9))
+    assert isinstance(short, Document) and short.id == doc_id(short.uri, "")
