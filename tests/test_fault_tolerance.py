@@ -35,7 +35,7 @@ def _config(run_root: Path, inputs: list[str]) -> dict:
         "run_root": str(run_root),
         "inputs": inputs,
         "workers": 2,
-        "ingest": {"group_files": 8},
+        "ingest": {"group_files": 16},
         "curate": {
             "filters": {
                 "gopher_quality": {"min_alpha_words_ratio": 0.6},
