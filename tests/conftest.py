@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,24 @@ def flow_tree_states(flow_run_id: object) -> dict[str, list[str]]:
             out.setdefault(name, []).extend(t.state.name for t in tasks if t.id not in wrappers)
             pending.extend(c.id for c in children)
     return {name: sorted(states) for name, states in out.items()}
+
+
+def docs_pipeline(
+    run_root: Path, inputs: list[str], group_files: int, train: dict[str, Any]
+) -> dict[str, Any]:
+    """Settings of a small whole pipeline over documentation pages: the demo's curation, a tiny tokenizer
+    and model, and the given training settings."""
+    return {
+        "run_root": str(run_root),
+        "inputs": inputs,
+        "workers": 2,
+        "ingest": {"group_files": group_files},
+        "curate": {
+            "filters": {
+                "gopher_quality": {"min_alpha_words_ratio": 0.6},
+                "gopher_repetition": {f"max_top_{n}_gram_frac": 0.25 for n in (2, 3, 4)},
+            }
+        },
+        "tokenize": {"tokenizer": {"vocab_size": 400}, "val_fraction": 0.1},
+        "train": {"model": {"block_size": 32}, "device": "cpu", "train": train},
+    }

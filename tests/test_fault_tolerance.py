@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import docs_pipeline
 
 from model.checkpoint import load
 from storage.layout import find_stage_dirs, read_manifest
@@ -31,32 +32,16 @@ pytestmark = pytest.mark.slow
 
 def _config(run_root: Path, inputs: list[str]) -> dict:
     """A small pipeline: real documentation pages, a tiny tokenizer and 40 training steps."""
-    return {
-        "run_root": str(run_root),
-        "inputs": inputs,
-        "workers": 2,
-        "ingest": {"group_files": 16},
-        "curate": {
-            "filters": {
-                "gopher_quality": {"min_alpha_words_ratio": 0.6},
-                "gopher_repetition": {f"max_top_{n}_gram_frac": 0.25 for n in (2, 3, 4)},
-            }
-        },
-        "tokenize": {"tokenizer": {"vocab_size": 400}, "val_fraction": 0.1},
-        "train": {
-            "model": {"block_size": 32},
-            "device": "cpu",
-            "train": {
-                "max_steps": 40,
-                "warmup_steps": 4,
-                "batch_size": 4,
-                "eval_every": 20,
-                "eval_batches": 2,
-                "checkpoint_every": 10,
-                "log_every": 10,
-            },
-        },
+    train = {
+        "max_steps": 40,
+        "warmup_steps": 4,
+        "batch_size": 4,
+        "eval_every": 20,
+        "eval_batches": 2,
+        "checkpoint_every": 10,
+        "log_every": 10,
     }
+    return docs_pipeline(run_root, inputs, 16, train)
 
 
 def _start(config: Path, api: str, log: Path) -> subprocess.Popen:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import flow_tree_states
+from conftest import docs_pipeline, flow_tree_states
 
 from flows.config import PipelineConfig
 from flows.pipeline import pipeline_flow
@@ -25,26 +25,8 @@ pytestmark = pytest.mark.slow
 
 def _config(run_root: Path, watched: Path) -> PipelineConfig:
     """A small pipeline over the watched folder: a tiny tokenizer and a few training steps."""
-    return PipelineConfig.model_validate(
-        {
-            "run_root": str(run_root),
-            "inputs": [str(watched)],
-            "workers": 2,
-            "ingest": {"group_files": 8},
-            "curate": {
-                "filters": {
-                    "gopher_quality": {"min_alpha_words_ratio": 0.6},
-                    "gopher_repetition": {f"max_top_{n}_gram_frac": 0.25 for n in (2, 3, 4)},
-                }
-            },
-            "tokenize": {"tokenizer": {"vocab_size": 400}, "val_fraction": 0.1},
-            "train": {
-                "model": {"block_size": 32},
-                "device": "cpu",
-                "train": {"max_steps": 6, "warmup_steps": 2, "batch_size": 2, "eval_batches": 1},
-            },
-        }
-    )
+    train = {"max_steps": 6, "warmup_steps": 2, "batch_size": 2, "eval_batches": 1}
+    return PipelineConfig.model_validate(docs_pipeline(run_root, [str(watched)], 8, train))
 
 
 def _digests(run_root: Path) -> dict[str, str]:
