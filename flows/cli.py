@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -283,8 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so exit handlers run: they stop the temporary Prefect server."""
+    # Python's default SIGTERM ends the process at once, leaving that server (a child) running for good.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand, print where outputs are, exit non-zero with one line on failure."""
+    _exit_on_sigterm()
     parser = build_parser()
     # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
     ns, extra = parser.parse_known_args(argv)
