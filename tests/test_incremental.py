@@ -48,7 +48,8 @@ def _run(cfg: PipelineConfig) -> tuple[dict, dict[str, Counter]]:
 def test_unchanged_rerun_is_cached_and_new_input_redoes_little(
     shared_data: Path, tmp_path: Path, prefect_api: str
 ) -> None:
-    pages = sorted((shared_data / "html" / "python-3.11-docs").rglob("*.html"))
+    # 44 real pages (40 first, 4 later): each stage has several shards, and the test stays within CI's time.
+    pages = sorted((shared_data / "html" / "python-3.11-docs").rglob("*.html"))[:44]
     watched, held_back = tmp_path / "watched", []
     for i, page in enumerate(pages):
         rel = page.relative_to(shared_data / "html" / "python-3.11-docs")

@@ -13,7 +13,13 @@ import pytest
 import torch
 from conftest import write_doc_stage
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterName,
+)
 
 from flows.tokenize_flow import tokenize_flow
 from model.checkpoint import load_model
@@ -74,13 +80,18 @@ def test_train_generate_export(tokens_root: Path, prefect_api: str, tmp_path: Pa
     svg = ElementTree.parse(Path(trained["stage_dir"]) / "loss_curve.svg").getroot()
     assert svg.tag.endswith("svg") and len(svg.findall(".//{http://www.w3.org/2000/svg}polyline")) == 2
     with get_client(sync_client=True) as client:
+        # Other tests share the server: this run's artifacts are those of its own train flow run.
+        name = FlowRunFilterName(any_=[f"train {tokens_root}"])
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=name))
         for key, kind in (
             ("train-summary", "markdown"),
             ("train-loss-curve", "image"),
             ("train-checkpoint", "markdown"),
         ):
             (artifact,) = client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
+                )
             )
             assert artifact.type == kind
             if key == "train-summary":
