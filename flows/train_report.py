@@ -61,7 +61,9 @@ def _markdown(summary: dict[str, Any], preset: str, samples: list[str]) -> str:
         f"- model: {summary['params']:,} parameters ({preset}), {summary['device']}",
         f"- steps: {summary['step']}, tokens/s: {summary['tokens_per_s']:,.0f}",
         f"- final train loss: {summary['train_losses'][-1][1]:.4f}" if summary["train_losses"] else "",
-        f"- final val loss: {val[-1][1]:.4f}" if val else "- no validation split",
+        f"- final val loss: {val[-1][1]:.4f}"
+        if val
+        else f"- no evaluation: {summary.get('no_eval') or 'no validation split'}",
         f"- checkpoint: `{summary['checkpoint']}`",
         "",
         "```",

@@ -23,6 +23,10 @@ import torch
 from storage.tokens import TokenShard, open_token_shard
 
 
+class TooFewTokens(ValueError):
+    """No shard holds even one window of block_size + 1 tokens."""
+
+
 class TokenLoader:
     """Seeded, resumable (x, y) batches of `block_size` tokens from token shards."""
 
@@ -49,7 +53,7 @@ class TokenLoader:
         self.rank, self.world_size = rank, world_size
         self.sizes = np.array([s.tokens.size for s in self.shards], dtype=np.int64)
         if self._grid(0)[1][-1] == 0:
-            raise ValueError(
+            raise TooFewTokens(
                 f"no shard holds a window of {block_size + 1} tokens ({int(self.sizes.sum())} in all)"
             )
         self.epoch, self.index = 0, 0

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from model import checkpoint, distributed
 from model.config import GPTConfig, flops_per_token, param_count
-from model.data import TokenLoader
+from model.data import TokenLoader, TooFewTokens
 from model.metrics import METRICS, MetricsLog, Throughput
 from model.optim import TrainConfig, lr_at, make_optimizer, set_lr
 from model.transformer import Transformer
@@ -302,8 +302,15 @@ def _train(
     loader = TokenLoader(train_shards, *settings, rank=d.rank, world_size=d.world_size)
     # A fresh, identically seeded loader per evaluation, so every evaluation sees the same batches.
     val_loader = partial(TokenLoader, val_shards, *settings, rank=d.rank, world_size=d.world_size)
+    no_eval = None
     if val_shards:
-        val_loader()  # refuse bad validation shards now rather than at the first evaluation
+        try:
+            val_loader()  # refuse bad validation shards now rather than at the first evaluation
+        except TooFewTokens as exc:
+            # A small corpus can leave a validation split shorter than one window: train, but say so.
+            no_eval = f"the validation split is too small for one window: {exc}"
+            log.warning("no evaluation: %s; raise tokenize.val_fraction", no_eval)
+            val_shards = []
     # Rank 0 picks the checkpoint, so all ranks resume from the same one whatever each sees on disk.
     run, resumed_from = RunState(), distributed.broadcast(checkpoint.latest(ckpt_dir), d)
     if resumed_from is not None:
@@ -357,4 +364,5 @@ def _train(
         "grad_accum_steps": accum,
         "device": str(dev),
         "world_size": d.world_size,
+        "no_eval": no_eval,
     }

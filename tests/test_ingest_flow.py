@@ -67,7 +67,7 @@ def test_demo_ingest_rerun_is_cached_and_byte_identical(
     prefect_api: str, demo_corpus: Path, tmp_path: Path
 ) -> None:
     first, states = _run([str(demo_corpus)], tmp_path)
-    assert set(states) == {"Completed"} and len(states) >= 5
+    assert set(states) == {"Completed"} and len(states) >= 4  # at least one group per kind
     stage = Path(first["stage_dir"])
     per_source = first["per_source"]
     assert per_source["pdf"] == 1 and per_source["html"] == 1

@@ -350,3 +350,17 @@ def test_model_state_strips_compile_prefix() -> None:
     compiled = torch.compile(model)  # lazy: nothing is compiled until the first call
     assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
     assert checkpoint.model_state(compiled).keys() == model.state_dict().keys()
+
+
+def test_a_validation_split_shorter_than_a_window_skips_evaluation(tmp_path: Path, shards: Shards) -> None:
+    path, tokens = tmp_path / "short.val.arrow", np.arange(1, 21, dtype=np.uint16)  # < one window of 33
+    write_token_shard(
+        path, ["v"], tokens, [0, 20], tokenizer_hash=HASH, eos_id=0, vocab_size=VOCAB, split="val"
+    )
+    short = [path]
+    summary = train(tiny(), quick(), shards[0], short, tmp_path / "out", tokenizer_hash=HASH, device="cpu")
+    assert summary["step"] == 6 and summary["val_losses"] == []
+    assert "too small for one window" in summary["no_eval"] and "33 tokens (20 in all)" in summary["no_eval"]
+    # Training shards that short are still an error: there is nothing to train on.
+    with pytest.raises(ValueError, match="no shard holds a window of 33 tokens"):
+        train(tiny(), quick(), short, [], tmp_path / "out2", tokenizer_hash=HASH, device="cpu")
