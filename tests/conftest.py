@@ -22,10 +22,32 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real temporary Prefect server (SQLite) for the session; yields its API URL."""
+    import contextlib
+    import os
+
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # The session's server records task runs for hundreds of tests. The services that only persist
+    # events, evaluate automations or watch schedules add SQLite writes the tests never read, and under
+    # that load later tests ran several times slower ("database is locked"). They are switched off in
+    # the environment this server starts with, restored right after: the server and UI tests start
+    # servers of their own, from the restored environment, with every service on.
+    idle = ("EVENT_PERSISTER", "TRIGGERS", "SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS")
+    idle += ("REPOSSESSOR", "CANCELLATION_CLEANUP", "CLEANUP_RECONCILER")
+    quiet = {f"PREFECT_SERVER_SERVICES_{s}_ENABLED": "false" for s in idle}
+    quiet["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with contextlib.ExitStack() as stack:
+        saved = {k: os.environ.get(k) for k in quiet}
+        os.environ.update(quiet)
+        try:
+            stack.enter_context(prefect_test_harness(server_startup_timeout=120))  # starts the server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         yield PREFECT_API_URL.value()
 
 
