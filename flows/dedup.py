@@ -136,7 +136,7 @@ def dedup_flow(
     code = code_version(*CODE_MODULES)
     base = stage_key(STAGE, cfg.model_dump(mode="json"), upstream.name, code)
     index = index_dir(cfg, run_root)
-    parts = snapshot(index, cfg, exclude_base=base) if cfg.index.enabled else []
+    parts = snapshot(index, cfg, exclude_base=base, run_root=run_root) if cfg.index.enabled else []
     key = stage_key(STAGE, {"base": base, "index": [p["fingerprint"] for p in parts]}, upstream.name, code)
     out_dir, work = stage_dir(run_root, STAGE, key), stage_dir(run_root, "dedup-work", key)
     logger.info(
@@ -175,7 +175,7 @@ def dedup_flow(
         write_manifest(out_dir, manifest)
     if cfg.index.enabled:
         committed = _options(commit_task, "index commit", run_root, index, part_name(base))
-        committed(refs, str(out_dir), str(index), cfg, base)
+        committed(refs, str(out_dir), str(index), cfg, base, run_root)
     _publish(manifest, out_dir, cluster_summary(str(out_dir), [str(upstream / e["path"]) for e in entries]))
     counts = manifest["counts"]
     logger.info("dedup: kept %d of %d documents -> %s", counts["documents"], summary["documents"], out_dir)

@@ -80,8 +80,8 @@ cluster_task = task(name="dedup-cluster", cache_policy=SHARD_POLICY, persist_res
 filter_task = task(name="dedup-filter", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
     filter_shard
 )
-# Never cached: committing is idempotent (a run replaces its own part) and must follow every completed run.
-# Cached like the rest, so an unchanged rerun commits nothing; the flow refreshes it when the part is gone.
+# Committing is idempotent (a run replaces its own part). Cached like the rest, so an unchanged rerun
+# commits nothing; the flow refreshes it when the part is gone.
 commit_task = task(
     name="dedup-index-commit",
     cache_policy=SHARD_POLICY,

@@ -26,9 +26,11 @@ class IndexConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool = True
-    """Dedup against every earlier run's kept documents, and add this run's kept documents afterwards."""
+    """Dedup against the documents other run roots kept (their newest parts in the index), and add this
+    run's kept documents afterwards."""
     path: str | None = None
-    """Index folder (any shared filesystem works); default `<run_root>/dedup-index`."""
+    """Index folder shared by the run roots that should dedup against each other (any shared filesystem
+    that honours flock); default `<run_root>/dedup-index/<settings>`, which only this run root writes."""
 
 
 class DedupConfig(BaseModel):

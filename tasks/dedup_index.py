@@ -3,9 +3,16 @@
 Layout: `<dir>/index.json` lists the parts and the MinHash settings they were made with; each part
 `part-<base>.parquet` holds the documents one dedup run kept, named by that run's base key (config +
 upstream + code, without the index), so re-committing a run replaces its own part in place instead of
-adding a copy. A run dedups against the parts committed before its own first commit. Updates take an
-exclusive `flock` on `<dir>/.lock` and rewrite `index.json` atomically, so runs on one machine (or on a
-shared filesystem that honours locks) can commit side by side.
+adding a copy. Each part also records the run root it came from.
+
+A run dedups against other run roots' documents only: within one run root every dedup stage is a
+complete snapshot of all the documents that run root ever ingested (ingest is cumulative), so the run
+root's own earlier parts are superseded, not history (deduping against them would remove every
+document a re-run with new settings or new code sees again). Of each other run root it takes the newest
+part committed before the run's own first commit, so repeating a run sees the same history (same stage
+key, cache hits) even after later runs committed. Updates take an exclusive `flock` on `<dir>/.lock`
+and rewrite `index.json` atomically, so runs on one machine (or on a shared filesystem that honours
+locks) can commit side by side.
 """
 
 from __future__ import annotations
@@ -58,15 +65,21 @@ def _check_settings(listing: dict[str, Any], cfg: DedupConfig, directory: Path) 
         )
 
 
-def snapshot(directory: Path, cfg: DedupConfig, exclude_base: str) -> list[dict[str, Any]]:
-    """The parts a run dedups against: those committed before the run's own first commit (all, if none).
+def _root_of(part: dict[str, Any]) -> str:
+    """The run root a part came from (parts listed before run roots were recorded: its stage's parent)."""
+    return part.get("run_root") or str(Path(part["stage"]).parents[1])
 
-    So repeating a run sees the same history (same stage key, cache hits) even after later runs committed.
-    """
+
+def snapshot(directory: Path, cfg: DedupConfig, exclude_base: str, run_root: str) -> list[dict[str, Any]]:
+    """The parts a run dedups against: of every other run root, its newest part committed before this
+    run's own first commit (all of them, if none)."""
     listing = _read(directory)
     _check_settings(listing, cfg, directory)
     bases = [p["base"] for p in listing["parts"]]
-    return listing["parts"][: bases.index(exclude_base)] if exclude_base in bases else listing["parts"]
+    earlier = listing["parts"][: bases.index(exclude_base)] if exclude_base in bases else listing["parts"]
+    mine = str(Path(run_root).resolve())
+    newest = {_root_of(p): p for p in earlier if _root_of(p) != mine}  # later parts overwrite earlier
+    return [p for p in earlier if newest.get(_root_of(p)) is p]
 
 
 def load_parts(directory: Path, parts: list[dict[str, Any]]) -> pa.Table:
@@ -97,7 +110,9 @@ def part_name(base: str) -> str:
     return f"part-{base}.parquet"
 
 
-def commit(directory: Path, cfg: DedupConfig, base: str, table: pa.Table, stage: str) -> dict[str, Any]:
+def commit(
+    directory: Path, cfg: DedupConfig, base: str, table: pa.Table, stage: str, run_root: str
+) -> dict[str, Any]:
     """Write (or replace) this run's part and list it; returns the listing entry."""
     if table.schema.remove_metadata() != INDEX_SCHEMA.remove_metadata():
         raise SchemaError("index part does not match the dedup-index schema")
@@ -110,6 +125,7 @@ def commit(directory: Path, cfg: DedupConfig, base: str, table: pa.Table, stage:
             "name": name,
             "base": base,
             "stage": stage,
+            "run_root": str(Path(run_root).resolve()),
             "rows": table.num_rows,
             "fingerprint": file_fingerprint(directory / name),
         }

@@ -127,9 +127,8 @@ def index_rows(refs: list[SigRef], out_dir: str, cfg: DedupConfig) -> pa.Table:
 
 
 def commit_step(
-    refs: list[SigRef], out_dir: str, index_dir: str, cfg: DedupConfig, base: str
+    refs: list[SigRef], out_dir: str, index_dir: str, cfg: DedupConfig, base: str, run_root: str
 ) -> dict[str, Any]:
     """Add this run's kept documents to the persistent index (replacing the run's earlier part)."""
-    return commit(
-        Path(index_dir), cfg, base, index_rows(refs, out_dir, cfg), stage=str(Path(out_dir).resolve())
-    )
+    rows = index_rows(refs, out_dir, cfg)
+    return commit(Path(index_dir), cfg, base, rows, stage=str(Path(out_dir).resolve()), run_root=run_root)

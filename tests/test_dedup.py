@@ -52,13 +52,16 @@ def _doc(text: str, name: str) -> Document:
 def _dedup(
     stage: Path, work: Path, cfg: DedupConfig, index: Path | None = None, base: str = "run"
 ) -> tuple[list[SigRef], dict[str, dict[str, Any]], dict[str, Any]]:
-    """Signatures, buckets and clustering over a stage; returns refs, sidecar rows by id and the summary."""
+    """Signatures, buckets and clustering over a stage; returns refs, sidecar rows by id and the summary.
+
+    The work folder stands for the run root.
+    """
     entries = read_manifest(stage)["shards"]
     refs = [
         signature_shard(str(stage / e["path"]), e["fingerprint"], str(work / "sigs"), cfg) for e in entries
     ]
     index = index or work / "index"
-    parts = snapshot(index, cfg, exclude_base=base)
+    parts = snapshot(index, cfg, exclude_base=base, run_root=str(work))
     pairs = str(work / "pairs.npy")
     bucket_step(refs, str(index), parts, pairs, cfg)
     summary = cluster_step(refs, str(index), parts, pairs, str(work / "out"), cfg)
@@ -166,7 +169,7 @@ def test_index_dedups_later_runs_against_earlier_ones(tmp_path: Path) -> None:
     out1 = tmp_path / "w1" / "out"
     sidecar = file_fingerprint(out1 / sidecar_name(entry["path"]))
     filter_shard(str(stage1 / entry["path"]), entry["fingerprint"], sidecar, str(out1), 100)
-    commit(index, cfg, "run1", index_rows(refs, str(out1), cfg), stage=str(out1))
+    commit(index, cfg, "run1", index_rows(refs, str(out1), cfg), stage=str(out1), run_root=str(out1.parent))
 
     second = [_doc(_edit(first[0].text, rng), "new-near"), _doc(first[1].text, "new-exact")]
     second += [_doc(_text(rng), f"new-{i}") for i in range(3)]
@@ -186,7 +189,36 @@ def test_index_dedups_later_runs_against_earlier_ones(tmp_path: Path) -> None:
     _, again, _ = _dedup(stage1, tmp_path / "w1b", cfg, index, base="run1")
     assert all(r["drop_reason"] is None for r in again.values())
     with pytest.raises(DedupIndexError, match="minhash settings"):
-        snapshot(index, DedupConfig(minhash="conservative"), exclude_base="x")
+        snapshot(index, DedupConfig(minhash="conservative"), exclude_base="x", run_root=str(tmp_path))
+
+
+def test_a_run_root_never_dedups_against_its_own_earlier_parts(tmp_path: Path) -> None:
+    """Re-running a run root's dedup with other settings (or after a code change) keeps its documents.
+
+    Its earlier output is superseded, not history: deduping against it removed every document again.
+    """
+    rng = random.Random(6)
+    docs = [_doc(_text(rng), f"doc-{i}") for i in range(6)]
+    docs.append(_doc(_edit(docs[0].text, rng), "doc-0-edited"))
+    stage = write_doc_stage(tmp_path / "curate", [docs])
+    index, root = tmp_path / "index", tmp_path / "root"
+    cfg, other = DedupConfig(), DedupConfig(verify_threshold=0.85)
+    refs, first, _ = _dedup(stage, root, cfg, index, base="run1")
+    commit(
+        index,
+        cfg,
+        "run1",
+        index_rows(refs, str(root / "out"), cfg),
+        stage=str(root / "out"),
+        run_root=str(root),
+    )
+    _, again, summary = _dedup(stage, root, other, index, base="run1-other-settings")
+    assert summary["indexed_documents"] == 0
+    assert {i: r["drop_reason"] for i, r in again.items()} == {i: r["drop_reason"] for i, r in first.items()}
+    assert sum(r["drop_reason"] is None for r in again.values()) == 6
+    # Another run root sees the first one's kept documents, and a re-ingested copy of one of them goes.
+    _, elsewhere, summary = _dedup(stage, tmp_path / "root2", other, index, base="run2")
+    assert summary["indexed_documents"] == 6 and all(r["drop_reason"] for r in elsewhere.values())
 
 
 def test_config_presets_and_validation() -> None:
@@ -233,13 +265,14 @@ def _labeled_corpus(shared: Path) -> tuple[list[Document], np.ndarray]:
 def test_recall_and_precision_against_exact_jaccard(shared_data: Path, tmp_path: Path) -> None:
     docs, family = _labeled_corpus(shared_data)
     stage = write_doc_stage(tmp_path / "curate", [docs[i : i + 150] for i in range(0, len(docs), 150)])
-    shingles = [shingle_hashes(d.text, 5) for d in docs]
+    shingles = [np.unique(shingle_hashes(d.text, 5)) for d in docs]
+    # The truth is exact Jaccard over every pair of documents (120k pairs), whatever was planted.
     truth = [
         (i, j)
         for i, j in itertools.combinations(range(len(docs)), 2)
-        if family[i] == family[j] and jaccard(shingles[i], shingles[j]) >= 0.8
+        if jaccard(shingles[i], shingles[j]) >= 0.8
     ]
-    assert len(truth) >= 120
+    assert len(truth) >= 140 and any(family[i] != family[j] for i, j in truth)
     index = {d.id: k for k, d in enumerate(docs)}
     results = {}
     for verify, resolution in ((True, "star"), (True, "component"), (False, "star")):
@@ -250,11 +283,8 @@ def test_recall_and_precision_against_exact_jaccard(shared_data: Path, tmp_path:
         recall = np.mean([not {docs[i].id, docs[j].id} <= kept_ids for i, j in truth])
         removed = [index[i] for i, r in rows.items() if r["drop_reason"]]
         kept = [index[rows[docs[k].id]["kept_id"]] for k in removed]
-        # A removal is right when it is a planted copy of the kept document or at least 0.8 similar to it.
-        correct = [
-            family[k] == family[m] or jaccard(shingles[k], shingles[m]) >= 0.8
-            for k, m in zip(removed, kept, strict=True)
-        ]
+        # A removal is right when the removed document is at least 0.8 similar to the one kept for it.
+        correct = [jaccard(shingles[k], shingles[m]) >= 0.8 for k, m in zip(removed, kept, strict=True)]
         results[verify, resolution] = (recall, float(np.mean(correct)))
         print(f"verify={verify} {resolution}: recall {recall:.3f}, precision {np.mean(correct):.3f}")
         assert recall >= 0.95, recall

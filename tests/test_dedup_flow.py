@@ -25,10 +25,13 @@ from storage.shards import read_shard
 from tasks.dedup_config import DUP_EXACT, DUP_MINHASH, DedupConfig
 
 
-def _run(root: Path, curate_dir: Path, workers: int = 2) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def _run(
+    root: Path, curate_dir: Path, workers: int = 2, cfg: DedupConfig | None = None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Run the dedup flow; return its summary and each task run's (name, state)."""
     flow = dedup_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-    state = flow(run_root=str(root), config=DedupConfig(), curate_dir=str(curate_dir), return_state=True)
+    cfg = cfg or DedupConfig()
+    state = flow(run_root=str(root), config=cfg, curate_dir=str(curate_dir), return_state=True)
     return state.result(), _states_by_name(state.state_details.flow_run_id)
 
 
@@ -98,15 +101,34 @@ def test_flow_caches_reruns_damaged_signatures_and_filters(
     assert example["kept_text"] and example["text"] and 0.8 <= example["similarity"] < 1.0
 
 
-def test_later_run_dedups_against_the_index(curated: tuple[Path, Path, list[Any]], prefect_api: str) -> None:
+def test_same_output_whatever_the_number_of_workers(
+    curated: tuple[Path, Path, list[Any]], prefect_api: str, tmp_path: Path
+) -> None:
+    """Fresh run roots on one and on three workers write byte-identical shards and sidecars."""
+    _, stage, _ = curated
+    outputs = []
+    for workers in (1, 3):
+        result, states = _run(tmp_path / f"workers-{workers}", stage, workers=workers)
+        assert {s for _, s in states} == {"Completed"}  # computed, not served from the other's cache
+        out = Path(result["stage_dir"])
+        outputs.append((out.name, {p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))}))
+    assert outputs[0] == outputs[1] and len(outputs[0][1]) == 6
+
+
+def test_later_run_dedups_against_the_index(
+    curated: tuple[Path, Path, list[Any]], prefect_api: str, tmp_path: Path
+) -> None:
+    """A second run root (a nightly inbox, another crawl) sharing the index dedups against the first."""
     root, stage, docs = curated
-    first, _ = _run(root, stage)
+    cfg = DedupConfig(index={"path": str(tmp_path / "shared-index")})
+    first, _ = _run(root, stage, cfg=cfg)
     rng = random.Random(8)
     kept_first = [d for d in docs if _decisions(Path(first["stage_dir"]))[d.id][0] is None]
     fresh = [new_document(_text(rng), source="text", uri=f"mem://fresh-{i}") for i in range(4)]
     near = new_document(_edit(kept_first[0].text, rng), source="text", uri="mem://near-old")
-    stage2 = write_doc_stage(root / "curate" / "c2", [[near, *fresh]])
-    second, states = _run(root, stage2)
+    inbox = tmp_path / "inbox-run"
+    stage2 = write_doc_stage(inbox / "curate" / "c2", [[near, *fresh]])
+    second, states = _run(inbox, stage2, cfg=cfg)
     # Only the new shard is signed; the earlier run's documents come from the index.
     assert sum(n.startswith("signatures:") for n, _ in states) == 1
     manifest = read_manifest(Path(second["stage_dir"]))
@@ -116,10 +138,13 @@ def test_later_run_dedups_against_the_index(curated: tuple[Path, Path, list[Any]
     assert decisions[near.id][0] == DUP_MINHASH and decisions[near.id][2] == kept_first[0].id
     assert all(decisions[d.id][0] is None for d in fresh)
     # The first run, repeated, ignores its own index part: same key, all cached, same result.
-    repeat, _ = _run(root, stage)
+    repeat, _ = _run(root, stage, cfg=cfg)
     assert repeat == first
-    shown = inspect_run(root, "dedup", DUP_MINHASH, 1, 0)
+    shown = inspect_run(inbox, "dedup", DUP_MINHASH, 1, 0)
     assert shown["examples"][0]["kept_text"] == kept_first[0].text[:300]
+    # The first run root re-deduped with other settings keeps what it kept: its own part is superseded.
+    other, _ = _run(root, stage, cfg=cfg.model_copy(update={"verify_threshold": 0.85}))
+    assert other["documents"] == first["documents"] and other["dedup"]["indexed_documents"] == len(fresh)
 
 
 def test_cli_dedup(curated: tuple[Path, Path, list[Any]], prefect_api: str) -> None:
