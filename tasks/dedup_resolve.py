@@ -216,8 +216,8 @@ def _star_keepers(
 
     Every removed document is then similar to the very document kept in its place, which union-find
     components do not guarantee (a chain A~B~C keeps A and removes C even when A and C differ). Buckets
-    link their first member to the others, not all pairs, so a document whose neighbour was removed is
-    also tried against that neighbour's kept document.
+    link their first member and neighbouring members, not all pairs, so a document whose neighbour was
+    removed is also tried against that neighbour's kept document.
     """
     keeper = np.arange(n)
     if links.size == 0:

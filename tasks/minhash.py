@@ -125,10 +125,13 @@ def band_keys(sigs: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
 
 
 def candidate_pairs(keys: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
-    """Unique sorted (i, j), i < j, pairs sharing a band bucket: each bucket links its first to the rest.
+    """Unique sorted (i, j), i < j, pairs sharing a band bucket: each bucket links its first member to
+    every other member, and each member to the next one.
 
     A bucket's first member is the one with the lowest `priority` (default: the lowest index), so a
-    caller can make every bucket centre on the document it would keep.
+    caller can make every bucket centre on the document it would keep. The links between neighbours
+    (at most as many again) let verification find two members similar to each other but not to the
+    first, which a star alone never compares.
     """
     keys = np.asarray(keys, dtype=U64)
     if keys.ndim != 2:
@@ -143,10 +146,12 @@ def candidate_pairs(keys: np.ndarray, priority: np.ndarray | None = None) -> np.
         starts[1:] = col[1:] != col[:-1]
         first = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
         member = ~starts & (col != SENTINEL)
-        low = np.minimum(first[member], order[member]).astype(np.int64)
-        high = np.maximum(first[member], order[member])
-        # Encode (low, high) as one int64 so np.unique dedupes pairs across bands in one pass.
-        found.append(low * n + high)
+        prev = np.roll(order, 1)  # the member before, in the same bucket wherever `member` holds
+        for other in (first, prev):
+            low = np.minimum(other[member], order[member]).astype(np.int64)
+            high = np.maximum(other[member], order[member])
+            # Encode (low, high) as one int64 so np.unique dedupes pairs across bands in one pass.
+            found.append(low * n + high)
     if not found or n == 0:
         return np.empty((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(found))

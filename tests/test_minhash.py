@@ -118,10 +118,13 @@ def test_empty_documents_never_collide() -> None:
     assert jaccard(np.empty(0, np.uint64), np.empty(0, np.uint64)) == 0.0
 
 
-def test_candidate_pairs_links_first_of_each_bucket() -> None:
-    """Per band, a bucket links its smallest index to each other member; pairs unique and sorted."""
+def test_candidate_pairs_link_first_and_neighbours_of_each_bucket() -> None:
+    """Per band, a bucket links its smallest index to each other member and each member to the next;
+    pairs unique and sorted, sentinel (empty-document) keys never linked."""
     keys = np.array([[5, 1], [7, 2], [5, 3], [7, 4], [5, 1], [9, SENTINEL], [8, SENTINEL]], dtype=np.uint64)
-    assert candidate_pairs(keys).tolist() == [[0, 2], [0, 4], [1, 3]]
+    assert candidate_pairs(keys).tolist() == [[0, 2], [0, 4], [1, 3], [2, 4]]
+    bucket = np.array([[3], [3], [3], [3], [SENTINEL], [SENTINEL]], dtype=np.uint64)
+    assert candidate_pairs(bucket).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [2, 3]]
     assert candidate_pairs(np.empty((0, 14), np.uint64)).shape == (0, 2)
     # With a priority, each bucket centres on its lowest-priority member; pairs stay (low, high).
     priority = np.array([6, 5, 0, 3, 2, 1, 4])
