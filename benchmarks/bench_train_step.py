@@ -11,9 +11,10 @@ tokens, and the first losses agree. Each model runs in a fresh spawned process, 
 first and the faster round of each is kept, which damps noise from other jobs on a shared machine.
 
 On a CUDA device (`--device cuda`, not exercised on the CPU-only development machine) the timing
-synchronizes and MFU is printed too: tokens/s · flops_per_token / peak FLOP/s, the peak taken from the
-CRUCIBLE_PEAK_TFLOPS environment variable or a small table of dense bf16 tensor-core peaks by device
-name. The runs here are fp32, so MFU against a bf16 peak understates what a bf16 run would reach.
+synchronizes and MFU is printed too: tokens/s · flops_per_token / peak FLOP/s, the peak the training
+loop uses (`model.train.peak_flops`: the CRUCIBLE_PEAK_FLOPS environment variable, else its table of
+dense bf16 tensor-core peaks by device name). The runs here are fp32, so MFU against a bf16 peak
+understates what a bf16 run would reach.
 
     python benchmarks/bench_train_step.py --preset small --preset tiny --steps 20
 """
@@ -37,14 +38,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from model.config import GPTConfig, flops_per_token, param_count  # noqa: E402
+from model.config import GPTConfig, param_count  # noqa: E402
 from model.export import llama_config, llama_state_dict  # noqa: E402
+from model.train import mfu, peak_flops  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
 VOCAB = 8192
 LR, WEIGHT_DECAY = 3e-4, 0.1
-# Dense bf16 tensor-core peaks in TFLOP/s, matched by substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
 
 def batches(cfg: GPTConfig, batch: int, count: int, seed: int) -> list[Tensor]:
@@ -158,20 +158,10 @@ def measure(cfg: GPTConfig, args: dict[str, Any], rounds: int) -> dict[str, list
     return runs
 
 
-def peak_flops(device: str) -> float | None:
-    """Peak FLOP/s of a CUDA device: CRUCIBLE_PEAK_TFLOPS, else the table; None on CPU or unknown."""
-    if not device.startswith("cuda"):
-        return None
-    if env := os.environ.get("CRUCIBLE_PEAK_TFLOPS"):
-        return float(env) * 1e12
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)
-
-
 def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> None:
     """Print the best round's steps/s, tokens/s, peak RSS and losses of both, and the ratio ours/HF."""
     tokens = args["batch"] * cfg.block_size
-    peak = peak_flops(args["device"])
+    peak = peak_flops(torch.device(args["device"]))
     print(
         f"\npreset {name}: {param_count(cfg) / 1e6:.2f}M params, batch {args['batch']} x block "
         f"{cfg.block_size} = {tokens} tokens/step, {args['threads']} threads, {args['device']}, "
@@ -186,11 +176,11 @@ def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list
         res = max(runs[which], key=steps_per_s)
         rate[which] = steps_per_s(res)
         rounds = ", ".join(f"{steps_per_s(r):.3f}" for r in runs[which])
-        mfu = "" if peak is None else f"   MFU {rate[which] * tokens * flops_per_token(cfg) / peak:.1%}"
+        mfu_text = "" if peak is None else f"   MFU {mfu(rate[which] * tokens, cfg, peak):.1%}"
         print(
             f"{label:10}{rate[which]:9.3f}{rate[which] * tokens:10.0f}"
             f"{statistics.median(res['seconds']):10.3f}{res['peak_rss_mb']:13.0f}"
-            f"{res['first_loss']:12.4f}{res['last_loss']:8.4f}   [{rounds}]{mfu}"
+            f"{res['first_loss']:12.4f}{res['last_loss']:8.4f}   [{rounds}]{mfu_text}"
         )
     print(f"ratio ours/HF (steps/s): {rate['ours'] / rate['hf']:.3f} (target >= 1.0)")
 

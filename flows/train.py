@@ -24,7 +24,7 @@ from model import checkpoint
 from model.config import PRESETS, GPTConfig
 from model.launch import LaunchSpec, launch
 from model.optim import TrainConfig
-from model.train import train
+from model.train import TrainingDiverged, train
 from storage.cache import SHARD_POLICY, cached_options
 from storage.layout import (
     code_version,
@@ -176,10 +176,16 @@ def _torchrun(
     )
 
 
+def _retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a crash or an interruption (it resumes), never a divergence (it would only diverge again)."""
+    return not isinstance(state.data, TrainingDiverged)
+
+
 @task(
     name="train-model",
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=_retry_unless_diverged,
     cache_policy=SHARD_POLICY,
     persist_result=True,
     task_run_name="train {out_dir}",
@@ -239,7 +245,10 @@ def train_flow(
         "tokenizer": tok,
         "model": cfg.model_dump(mode="json"),
         "train": stage.train.model_dump(mode="json"),
-        **{k: summary[k] for k in ("step", "checkpoint", "params", "tokens_per_s", "val_losses")},
+        **{
+            k: summary[k]
+            for k in ("step", "checkpoint", "params", "flops_per_token", "tokens_per_s", "val_losses")
+        },
         "samples": samples,
     }
     write_manifest(out, manifest)

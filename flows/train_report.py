@@ -58,7 +58,8 @@ def _markdown(summary: dict[str, Any], preset: str, samples: list[str]) -> str:
     lines = [
         "# Train",
         "",
-        f"- model: {summary['params']:,} parameters ({preset}), {summary['device']}",
+        f"- model: {summary['params']:,} parameters ({preset}), {summary['device']}, "
+        f"{summary['flops_per_token'] / 1e6:,.1f} MFLOPs per token (training)",
         f"- steps: {summary['step']}, tokens/s: {summary['tokens_per_s']:,.0f}",
         f"- final train loss: {summary['train_losses'][-1][1]:.4f}" if summary["train_losses"] else "",
         f"- final val loss: {val[-1][1]:.4f}"

@@ -140,6 +140,25 @@ def prune(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def quarantine(ckpt_dir: Path, from_step: int) -> list[Path]:
+    """Rename every complete checkpoint at or after `from_step` to `diverged-step-N`, out of `latest`'s
+    sight, and return the new paths.
+
+    Used when training diverges at `from_step`: the weights saved after that many updates are the ones
+    that gave the bad loss, so resuming from them would only diverge again. They are kept for inspection.
+    """
+    moved = []
+    for step, path in complete(ckpt_dir):
+        if step >= from_step:
+            target = path.with_name(f"diverged-{path.name}")
+            shutil.rmtree(target, ignore_errors=True)  # from an earlier divergence at the same step
+            os.replace(path, target)
+            moved.append(target)
+    if moved:
+        _fsync_dir(Path(ckpt_dir))
+    return moved
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """A checkpoint's meta.json."""
     return json.loads((Path(path) / META).read_text())

@@ -59,8 +59,8 @@ class TrainConfig(BaseModel):
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass instead of storing its activations."""
     max_loss_ratio: float = Field(10.0, ge=0)
-    """After warmup, stop when a step's loss exceeds this multiple of the lowest loss so far; 0 disables
-    (a NaN or infinite loss always stops training)."""
+    """Stop when a step's loss exceeds this multiple of the lowest loss so far (warmup included); 0
+    disables (a NaN or infinite loss always stops training)."""
     log_every: int = Field(10, gt=0)
     """Log the training loss, learning rate, gradient norm and throughput every this many steps."""
 

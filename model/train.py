@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -43,22 +44,27 @@ from model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 tensor-core peak FLOP/s per GPU, from the vendors' datasheets, matched against the device
-# name in order (so "L40S" before "L4"). MFU is reported against it even for float32 runs; set
-# CRUCIBLE_PEAK_FLOPS (e.g. 312e12) for another GPU or precision. Unknown GPUs and CPUs report none.
-PEAK_FLOPS: list[tuple[str, float]] = [
-    ("H100", 989e12),  # SXM; the PCIe card peaks at 756e12
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-]
+# Dense bf16 tensor-core peak FLOP/s per GPU, from the vendors' datasheets, matched as a whole word of the
+# device name (so "L40S" is not an "L4" and "A10G" not an "A10"). MFU is reported against it even for
+# float32 runs; set CRUCIBLE_PEAK_FLOPS (e.g. 312e12) for another GPU or precision. Unknown GPUs and CPUs
+# report none.
+PEAK_FLOPS: dict[str, float] = {
+    "H100": 989e12,  # SXM; the PCIe card peaks at 756e12
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
 PEAK_FLOPS_ENV = "CRUCIBLE_PEAK_FLOPS"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/inf or exploded; the state of that step was not saved."""
+    """The loss or gradient became NaN/inf or exploded at `step` (measured on the weights after `step`
+    updates); those weights are never left as the newest checkpoint."""
 
     def __init__(self, step: int, reason: str) -> None:
         """Name the step in the message and keep it as `step`."""
@@ -105,8 +111,17 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     if os.environ.get(PEAK_FLOPS_ENV):
         return float(os.environ[PEAK_FLOPS_ENV])
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(name: str) -> float | None:
+    """The table's peak FLOP/s for a CUDA device name, or None for a GPU it does not list."""
+    return next((v for k, v in PEAK_FLOPS.items() if re.search(rf"\b{re.escape(k)}\b", name)), None)
+
+
+def mfu(tokens_per_s: float, cfg: GPTConfig, peak: float | None, world_size: int = 1) -> float | None:
+    """Model FLOPs utilization: training FLOP/s achieved over the peak of every device (None without one)."""
+    return tokens_per_s * flops_per_token(cfg) / (peak * world_size) if peak else None
 
 
 def accumulate(
@@ -136,10 +151,12 @@ def clip_grads(model: nn.Module, grad_clip: float) -> float:
 
 
 def check_loss(step: int, loss: float, best: float, tcfg: TrainConfig) -> None:
-    """Raise TrainingDiverged on a NaN/inf loss, or after warmup on one above max_loss_ratio × best."""
+    """Raise TrainingDiverged on a NaN/inf loss, or on one above max_loss_ratio × the best so far."""
     if not math.isfinite(loss):
         raise TrainingDiverged(step, f"loss is {loss}")
-    exploded = tcfg.max_loss_ratio and step >= tcfg.warmup_steps and loss > tcfg.max_loss_ratio * best
+    # Warmup included: a rising learning rate is where a loss explodes first, and every checkpoint
+    # taken while the guard looked away would hold exploded weights.
+    exploded = tcfg.max_loss_ratio and loss > tcfg.max_loss_ratio * best
     if exploded:
         raise TrainingDiverged(
             step, f"loss {loss:.4g} is above {tcfg.max_loss_ratio:g} × the lowest so far ({best:.4g})"
@@ -324,32 +341,41 @@ def _train(
     peak = peak_flops(dev)
     last_ckpt = resumed_from
 
-    for step in range(run.step, tcfg.max_steps):
-        started = time.perf_counter()
-        lr = set_lr(optimizer, lr_at(step, tcfg))
-        # Averaged over ranks: the global batch's loss, the same everywhere, so every guard agrees.
-        loss = distributed.mean(accumulate(ddp_model, loader, accum, dev, tcfg.dtype), d)
-        check_loss(step, loss, run.best_loss, tcfg)
-        grad_norm = clip_grads(raw, tcfg.grad_clip)
-        check_grad_norm(step, grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        meter.add(tokens_per_step, time.perf_counter() - started)
-        run.step, run.best_loss = step + 1, min(run.best_loss, loss)
+    try:
+        for step in range(run.step, tcfg.max_steps):
+            started = time.perf_counter()
+            lr = set_lr(optimizer, lr_at(step, tcfg))
+            # Averaged over ranks: the global batch's loss, the same everywhere, so every guard agrees.
+            loss = distributed.mean(accumulate(ddp_model, loader, accum, dev, tcfg.dtype), d)
+            check_loss(step, loss, run.best_loss, tcfg)
+            grad_norm = clip_grads(raw, tcfg.grad_clip)
+            check_grad_norm(step, grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            meter.add(tokens_per_step, time.perf_counter() - started)
+            run.step, run.best_loss = step + 1, min(run.best_loss, loss)
 
-        if step % tcfg.log_every == 0 or run.step == tcfg.max_steps:
-            run.train_losses.append([step, loss])
-            rate = meter.window()
-            mfu = rate * flops_per_token(cfg) / (peak * d.world_size) if peak else None
-            record = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-            metrics({**record, "tokens_per_s": rate, "mfu": mfu})
-        if val_shards and _due(run.step, tcfg.eval_every, tcfg.max_steps):
-            val_loss = distributed.mean(evaluate(model, val_loader(), tcfg.eval_batches, dev, tcfg.dtype), d)
-            run.val_losses.append([run.step, val_loss])
-            metrics({"kind": "eval", "step": run.step, "val_loss": val_loss})
-        if _due(run.step, tcfg.checkpoint_every, tcfg.max_steps):
-            last_ckpt = _save(ckpt_dir, raw, optimizer, loader, run, tcfg, tokenizer_hash, d)
-            metrics({"kind": "checkpoint", "step": run.step, "path": str(last_ckpt)})
+            if step % tcfg.log_every == 0 or run.step == tcfg.max_steps:
+                run.train_losses.append([step, loss])
+                rate = meter.window()
+                record = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+                metrics({**record, "tokens_per_s": rate, "mfu": mfu(rate, cfg, peak, d.world_size)})
+            if val_shards and _due(run.step, tcfg.eval_every, tcfg.max_steps):
+                val_loss = distributed.mean(
+                    evaluate(model, val_loader(), tcfg.eval_batches, dev, tcfg.dtype), d
+                )
+                run.val_losses.append([run.step, val_loss])
+                metrics({"kind": "eval", "step": run.step, "val_loss": val_loss})
+            if _due(run.step, tcfg.checkpoint_every, tcfg.max_steps):
+                last_ckpt = _save(ckpt_dir, raw, optimizer, loader, run, tcfg, tokenizer_hash, d)
+                metrics({"kind": "checkpoint", "step": run.step, "path": str(last_ckpt)})
+    except TrainingDiverged as err:
+        if d.is_main:
+            # The newest checkpoint may hold the very weights that gave the bad loss: set it aside, so
+            # what `latest` finds (a retry's resume, `crucible generate`) is the last good one.
+            for path in checkpoint.quarantine(ckpt_dir, err.step):
+                log.warning("%s: its checkpoint was moved to %s", err, path)
+        raise
 
     # Every rank returns only once rank 0's last checkpoint is on disk.
     distributed.barrier(d)
@@ -361,6 +387,7 @@ def _train(
         "checkpoint": str(last_ckpt) if last_ckpt else None,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "params": param_count(cfg),
+        "flops_per_token": flops_per_token(cfg),
         "grad_accum_steps": accum,
         "device": str(dev),
         "world_size": d.world_size,

@@ -21,9 +21,9 @@ import torch
 from pydantic import ValidationError
 
 from model import checkpoint
-from model.config import GPTConfig
+from model.config import GPTConfig, flops_per_token
 from model.optim import TrainConfig, lr_at, make_optimizer
-from model.train import TrainingDiverged, accumulate, clip_grads, train
+from model.train import TrainingDiverged, accumulate, clip_grads, mfu, peak_flops, peak_flops_of, train
 from model.transformer import Transformer
 from storage.tokens import write_token_shard
 
@@ -110,7 +110,7 @@ def test_train_config_validation() -> None:
 SCRIPT = """
 import json, sys, time
 from pathlib import Path
-from model.config import GPTConfig
+from model.config import GPTConfig, flops_per_token
 from model.optim import TrainConfig
 from model.train import train
 
@@ -254,16 +254,28 @@ def test_activation_checkpointing_trains_identically(tmp_path: Path, shards: Sha
 
 # --- divergence --------------------------------------------------------------------------------------
 
+# A warmup towards an absurd learning rate: a few good steps, then the loss explodes (at step 6 here).
+DIVERGING_LR, DIVERGING_WARMUP = 3.0, 10
+
 
 def test_huge_lr_stops_with_training_diverged(tmp_path: Path, shards: Shards) -> None:
-    tcfg = quick(lr=1e3, warmup_steps=0, max_steps=20, checkpoint_every=1)
+    """The checkpoint holding the weights that gave the bad loss is set aside; the newest left is good."""
+    ckpts = tmp_path / "checkpoints"
+    tcfg = quick(lr=DIVERGING_LR, warmup_steps=DIVERGING_WARMUP, max_steps=30, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match="diverged at step") as err:
         train(tiny(), tcfg, *shards, tmp_path, HASH)
-    steps = [step for step, _ in checkpoint.complete(tmp_path / "checkpoints")]
-    assert steps and max(steps) <= err.value.step  # nothing saved from the diverged step on
-    state = checkpoint.load(checkpoint.latest(tmp_path / "checkpoints"))
+    bad = err.value.step
+    assert bad > 2 and "above 10 × the lowest" in str(err.value)
+    # Saving the bad step's checkpoint pruned all but the newest keep_checkpoints (3); it was moved aside.
+    assert [step for step, _ in checkpoint.complete(ckpts)] == [bad - 2, bad - 1]
+    assert (ckpts / f"diverged-step-{bad:06d}" / checkpoint.META).is_file()
+    state = checkpoint.load(checkpoint.latest(ckpts))
     assert all(torch.isfinite(t).all() for t in state["model"].values())
-    assert pickle.loads(pickle.dumps(err.value)).step == err.value.step
+    assert state["best_loss"] < 10 and pickle.loads(pickle.dumps(err.value)).step == bad
+    # Resuming replays the same batches from the good checkpoint and stops at the same step.
+    with pytest.raises(TrainingDiverged) as again:
+        train(tiny(), tcfg, *shards, tmp_path, HASH)
+    assert again.value.step == bad and [s for s, _ in checkpoint.complete(ckpts)] == [bad - 2, bad - 1]
 
 
 def test_injected_nan_keeps_the_last_good_checkpoint(
@@ -285,6 +297,32 @@ def test_injected_nan_keeps_the_last_good_checkpoint(
     assert [s for s, _ in checkpoint.complete(tmp_path / "checkpoints")] == [2, 4]
     logged = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert max(json.loads(line)["step"] for line in logged) == 4
+
+
+# --- throughput --------------------------------------------------------------------------------------
+
+
+def test_mfu_against_the_devices_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peaks are found by whole words of the CUDA device name; MFU is FLOP/s achieved over all peaks."""
+    names = {
+        "NVIDIA H100 80GB HBM3": 989e12,
+        "NVIDIA A100-SXM4-80GB": 312e12,
+        "NVIDIA L40S": 362e12,
+        "NVIDIA L40": 181e12,
+        "NVIDIA L4": 121e12,
+        "NVIDIA A10G": None,  # not an A10
+        "NVIDIA GeForce RTX 4090": 165e12,
+        "Tesla T4": None,
+    }
+    assert {name: peak_flops_of(name) for name in names} == names
+    assert peak_flops(CPU) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
+    assert peak_flops(torch.device("cuda")) == 121e12
+    monkeypatch.setenv("CRUCIBLE_PEAK_FLOPS", "2.5e14")
+    assert peak_flops(torch.device("cuda")) == 2.5e14
+    cfg = tiny()
+    assert mfu(1000.0, cfg, 1e12, world_size=2) == pytest.approx(1000.0 * flops_per_token(cfg) / 2e12)
+    assert mfu(1000.0, cfg, None) is None
 
 
 # --- checkpoints -------------------------------------------------------------------------------------

@@ -14,10 +14,16 @@ import numpy as np
 import pytest
 from conftest import task_states
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 import flows.train
 from flows.train import TrainStage, train_flow
+from model import checkpoint
 from model.optim import TrainConfig
 from storage.layout import write_manifest
 from storage.tokens import write_token_shard
@@ -135,6 +141,24 @@ def test_retry_after_an_interruption_resumes_from_the_checkpoint(
     # The retried step 4 repeats the interrupted attempt's step 4 exactly.
     assert [r["loss"] for r in logged if r["kind"] == "train" and r["step"] == 4] == [seen[0]["loss"]] * 2
     assert [s for s, _ in summary["train_losses"]] == list(range(6))
+
+
+def test_a_diverged_run_fails_at_once_and_keeps_good_checkpoints(
+    tokens_stage: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrying a divergence would replay the same batches into the same divergence: it is not retried."""
+    monkeypatch.setattr(flows.train.train_task, "retry_delay_seconds", 0)  # a wrong retry costs no time
+    tcfg = TrainConfig(max_steps=30, warmup_steps=10, lr=3.0, batch_size=2, checkpoint_every=1, log_every=1)
+    stage = TrainStage(preset="tiny", model={"block_size": 32}, train=tcfg, device="cpu")
+    state = train_flow(run_root=str(tokens_stage), config=stage, return_state=True)
+    assert state.is_failed() and "diverged at step" in state.message
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [(r.state.name, r.run_count) for r in runs] == [("Failed", 1)]
+    ckpts = next((tokens_stage / "train").glob("*/checkpoints"))
+    assert list(ckpts.glob("diverged-step-*")) and checkpoint.latest(ckpts) is not None
 
 
 @pytest.mark.slow
