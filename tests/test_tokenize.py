@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import tracemalloc
 import unicodedata
@@ -20,7 +21,7 @@ from storage.schemas import new_document
 from storage.shards import SchemaError
 from storage.tokens import export_nanogpt, open_token_shard, token_dtype, write_token_shard
 from tasks.tokenize_shards import TokenizeConfig, split_of, tokenize_shard, train_tokenizer
-from tasks.tokenizer import EOS, TokenizerConfig, load
+from tasks.tokenizer import EOS, TokenizerConfig, in_sample, load, training_texts
 
 TRICKY = [
     "emoji 😀👩‍👩‍👧 flags 🇩🇪 and ZWJ",
@@ -53,6 +54,23 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     shards = [str(stage / e["path"]) for e in read_manifest(stage)["shards"]]
     info = train_tokenizer(shards, [], str(root / "tok"), TokenizerConfig(vocab_size=2000))
     return stage, info, texts
+
+
+def test_training_sample_by_id_hash_and_byte_budget(tmp_path: Path) -> None:
+    docs = [new_document(f"document number {i} " * 20, source="text", uri=f"s://{i}") for i in range(400)]
+    stage = write_doc_stage(tmp_path / "docs", [docs[:200], docs[200:]], stage="dedup")
+    shards = [stage / e["path"] for e in read_manifest(stage)["shards"]]
+    everything = list(training_texts(shards, TokenizerConfig()))
+    assert everything == [d.text for d in docs]
+    half = list(training_texts(shards, TokenizerConfig(sample_percent=50)))
+    chosen = {d.text for d in docs if in_sample(d.id, 50)}
+    assert set(half) == chosen and 150 < len(half) < 250
+    # The choice follows each document's id alone: a part of the corpus keeps the same documents.
+    part = list(training_texts(shards[:1], TokenizerConfig(sample_percent=50)))
+    assert set(part) == chosen & {d.text for d in docs[:200]}
+    budget = sum(len(t.encode()) for t in everything[:10])
+    assert list(training_texts(shards, TokenizerConfig(train_bytes=budget))) == everything[:10]
+    assert list(training_texts(shards, TokenizerConfig(train_bytes=budget + 1))) == everything[:11]
 
 
 def test_round_trip_on_26_languages_emoji_and_controls(trained: tuple[Path, dict, list[str]]) -> None:
@@ -201,17 +219,32 @@ def test_loader_windows_resume_and_epochs(tmp_path: Path) -> None:
         TokenLoader(paths[2:3], block_size=32, batch_size=8)
 
 
+def _anon_rss() -> int:
+    """This process's anonymous resident memory in bytes: the heap and torch's allocations, without the
+    file-backed pages of the memory maps (page cache the kernel may drop, which nanoGPT issue #287 is not)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssAnon in /proc/self/status (not Linux)")
+
+
 def test_loader_memory_stays_flat(tmp_path: Path) -> None:
-    loader = TokenLoader(_shards(tmp_path, [200_000, 150_000]), block_size=128, batch_size=16, seed=0)
-    for _ in range(200):
+    """Neither the Python heap nor the process's anonymous memory grows with the batches served."""
+    loader = TokenLoader(_shards(tmp_path, [400_000, 300_000]), block_size=128, batch_size=16, seed=0)
+    for _ in range(500):
         loader.next_batch()
+    gc.collect()
     tracemalloc.start()
-    base = tracemalloc.take_snapshot()
-    for _ in range(3000):
-        batch = loader.next_batch()
+    base, rss = tracemalloc.take_snapshot(), _anon_rss()
+    for _ in range(5000):  # 5000 batches of 16 x 129 int64: 80 MB if any of them were kept
+        x, y = loader.next_batch()
+        loss = (x.float() - y.float()).mean()  # use them as training would, through torch
+    gc.collect()
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
     tracemalloc.stop()
-    assert batch[0].shape == (16, 128) and grown < 1_000_000, grown  # a few batches, not thousands
+    assert x.shape == (16, 128) and torch.isfinite(loss)
+    assert grown < 1_000_000, grown  # a few batches, not thousands
+    assert _anon_rss() - rss < 8_000_000, _anon_rss() - rss
 
 
 def test_random_documents_round_trip(trained: tuple[Path, dict, list[str]]) -> None:

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import task_states, write_doc_stage
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.tokenize_flow import tokenize_flow
@@ -50,6 +53,11 @@ WORDS = [
 ]
 
 
+def _of(state: State) -> FlowRunFilter:
+    """A filter for the flow run a state belongs to."""
+    return FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+
+
 @pytest.fixture()
 def deduped(tmp_path: Path) -> Path:
     """A run root with a dedup stage of three shards of English-like text."""
@@ -84,6 +92,38 @@ def test_tokenize_flow_manifest_cache_and_export(deduped: Path, prefect_api: str
     again = flow(run_root=str(deduped), config=cfg, return_state=True)
     assert again.result() == first
     assert set(task_states(again.state_details.flow_run_id)) == {"Cached"}
+
+
+def test_tokenizer_kept_retrained_or_given(deduped: Path, prefect_api: str, tmp_path: Path) -> None:
+    """The tokenizer is frozen per run root, retrained only when asked, and taken as given from a file."""
+    cfg = TokenizeConfig(tokenizer=TokenizerConfig(vocab_size=400), val_fraction=0.1)
+    first = tokenize_flow(run_root=str(deduped), config=cfg)
+    rng = random.Random(1)
+    other_words = ["zebra", "quixotic", "jumps", "lazy", "vexing", "fjord", "glyph", "nymph", "waltz"]
+    more = [
+        new_document(" ".join(rng.choices(other_words, k=200)) + ".", source="text", uri=f"m://more-{i}")
+        for i in range(100)
+    ]
+    grown = write_doc_stage(deduped / "dedup" / "d2", [more], stage="dedup")
+    # New documents: the run root's tokenizer is kept (its shards and checkpoints stay valid).
+    kept = tokenize_flow(run_root=str(deduped), config=cfg, docs_dir=str(grown))
+    assert kept["tokenizer"]["hash"] == first["tokenizer"]["hash"]
+    retrain = cfg.model_copy(update={"retrain_tokenizer": True})
+    retrained = tokenize_flow(run_root=str(deduped), config=retrain, docs_dir=str(grown))
+    assert retrained["tokenizer"]["hash"] != first["tokenizer"]["hash"]
+    assert read_manifest(Path(retrained["stage_dir"]))["tokenizer"]["hash"] == retrained["tokenizer"]["hash"]
+    # A given tokenizer.json is used as it is: nothing is trained.
+    given = tmp_path / "given" / "tokenizer.json"
+    given.parent.mkdir()
+    given.write_bytes((Path(first["stage_dir"]) / "tokenizer.json").read_bytes())
+    state = tokenize_flow(
+        run_root=str(deduped), config=cfg.model_copy(update={"tokenizer_path": str(given)}), return_state=True
+    )
+    assert state.result()["tokenizer"]["hash"] == tokenizer_hash(given) == first["tokenizer"]["hash"]
+    assert state.result()["tokenizer"]["path"] == str(given)
+    with get_client(sync_client=True) as client:
+        names = [r.name for r in client.read_task_runs(flow_run_filter=_of(state))]
+    assert names and not any("train tokenizer" in n for n in names)
 
 
 def test_cli_tokenize(deduped: Path, prefect_api: str) -> None:
