@@ -51,14 +51,30 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield PREFECT_API_URL.value()
 
 
-def task_states(flow_run_id: object) -> list[str]:
-    """Sorted state names of every task run of a flow run (Completed, Cached, ...)."""
+def task_runs(flow_run_id: object, timeout_s: float = 60.0) -> list[Any]:
+    """Every task run of a flow run, once the server has recorded each one's final state.
+
+    Task-run states reach the server as events that its recorder service writes a moment later (and
+    retries when SQLite is busy), so a read right after the flow returns may still see "Running".
+    """
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(r.state.name for r in runs)
+        while True:
+            flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            runs = client.read_task_runs(flow_run_filter=flt)
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
+
+def task_states(flow_run_id: object) -> list[str]:
+    """Sorted state names of every task run of a flow run (Completed, Cached, ...)."""
+    return sorted(r.state.name for r in task_runs(flow_run_id))
 
 
 def write_doc_stage(directory: Path, shards: list[list[object]], stage: str = "curate") -> Path:
@@ -98,7 +114,6 @@ def flow_tree_states(flow_run_id: object) -> dict[str, list[str]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
-        FlowRunFilterId,
         FlowRunFilterParentFlowRunId,
     )
 
@@ -111,7 +126,7 @@ def flow_tree_states(flow_run_id: object) -> dict[str, list[str]]:
                 flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
             )
             wrappers = {c.parent_task_run_id for c in children}
-            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            tasks = task_runs(run.id)
             name = client.read_flow(run.flow_id).name
             out.setdefault(name, []).extend(t.state.name for t in tasks if t.id not in wrappers)
             pending.extend(c.id for c in children)

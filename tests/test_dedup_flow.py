@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_doc_stage
+from conftest import task_runs, write_doc_stage
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -37,12 +37,7 @@ def _run(
 
 def _states_by_name(flow_run_id: object) -> list[tuple[str, str]]:
     """(task run name, state name) of every task run of a flow run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted((r.name, r.state.name) for r in runs)
+    return sorted((r.name, r.state.name) for r in task_runs(flow_run_id))
 
 
 def _decisions(stage: Path) -> dict[str, tuple[Any, ...]]:

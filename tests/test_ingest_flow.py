@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from conftest import task_states
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import ingest_flow
@@ -32,12 +31,7 @@ def _run(
     """Run the ingest flow; return its summary and the state names of its task runs."""
     flow = ingest_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
     state = flow(inputs=inputs, run_root=str(run_root), config=cfg or IngestConfig(), return_state=True)
-    summary = state.result()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    return summary, sorted(r.state.name for r in runs)
+    return state.result(), task_states(state.state_details.flow_run_id)
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[str, int]]:

@@ -11,10 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import task_states, write_doc_stage
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.states import State
+from conftest import task_runs, task_states, write_doc_stage
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.tokenize_flow import tokenize_flow
@@ -51,11 +48,6 @@ WORDS = [
     "an",
     "they",
 ]
-
-
-def _of(state: State) -> FlowRunFilter:
-    """A filter for the flow run a state belongs to."""
-    return FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
 
 
 @pytest.fixture()
@@ -121,8 +113,7 @@ def test_tokenizer_kept_retrained_or_given(deduped: Path, prefect_api: str, tmp_
     )
     assert state.result()["tokenizer"]["hash"] == tokenizer_hash(given) == first["tokenizer"]["hash"]
     assert state.result()["tokenizer"]["path"] == str(given)
-    with get_client(sync_client=True) as client:
-        names = [r.name for r in client.read_task_runs(flow_run_filter=_of(state))]
+    names = [r.name for r in task_runs(state.state_details.flow_run_id)]
     assert names and not any("train tokenizer" in n for n in names)
 
 

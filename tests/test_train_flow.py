@@ -12,13 +12,11 @@ from uuid import UUID
 
 import numpy as np
 import pytest
-from conftest import task_states
+from conftest import task_runs, task_states
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
 
 import flows.train
@@ -152,10 +150,7 @@ def test_a_diverged_run_fails_at_once_and_keeps_good_checkpoints(
     stage = TrainStage(preset="tiny", model={"block_size": 32}, train=tcfg, device="cpu")
     state = train_flow(run_root=str(tokens_stage), config=stage, return_state=True)
     assert state.is_failed() and "diverged at step" in state.message
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+    runs = task_runs(state.state_details.flow_run_id)
     assert [(r.state.name, r.run_count) for r in runs] == [("Failed", 1)]
     ckpts = next((tokens_stage / "train").glob("*/checkpoints"))
     assert list(ckpts.glob("diverged-step-*")) and checkpoint.latest(ckpts) is not None
