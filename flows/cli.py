@@ -65,11 +65,12 @@ def cmd_tokenize(ns: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(ns: argparse.Namespace) -> dict[str, Any]:
     """`crucible train --run-root DIR`: train the configured model on the newest token shards."""
+    from flows.stage_tags import stage_tags
     from flows.train import train_flow
     from storage.remote import workspace
 
     cfg = _config(ns, ns.overrides)
-    with workspace(cfg.run_root, ns.tokens_dir, newest=["tokens"]) as ws:
+    with workspace(cfg.run_root, ns.tokens_dir, newest=["tokens"]) as ws, stage_tags("train"):
         return train_flow(run_root=ws.root, config=cfg.train, tokens_dir=ws.local(ns.tokens_dir))
 
 

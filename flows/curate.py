@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.progress import gather
 from flows.runners import task_runner
+from flows.stage_tags import stage_tags, untagged_tasks
 from storage.cache import cached_options
 from storage.layout import (
     code_version,
@@ -49,8 +50,8 @@ def _upstream(run_root: str, ingest_dir: str | None) -> Path:
 
 
 def _options(task_obj: Any, name: str, run_root: str, out: Path, *files: str) -> Any:
-    """A curate task with its name and tags; recomputed when its outputs have gone missing."""
-    return cached_options(task_obj, name, ["curate"], run_root, out, *files)
+    """A curate task with its name; recomputed when its outputs have gone missing."""
+    return cached_options(task_obj, name, run_root, out, *files)
 
 
 def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
@@ -71,6 +72,7 @@ def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
 
 
 @flow(name="curate", flow_run_name="curate {run_root}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@untagged_tasks
 def curate_flow(
     run_root: str, config: CurateConfig | None = None, ingest_dir: str | None = None
 ) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def run_curate(
     dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Run the curate flow on `workers` threads (0: one per CPU) or a Dask cluster."""
-    with workspace(str(run_root), ingest_dir, newest=["ingest"]) as ws:
+    with workspace(str(run_root), ingest_dir, newest=["ingest"]) as ws, stage_tags("curate"):
         return curate_flow.with_options(task_runner=task_runner(workers, dask_address))(
             run_root=ws.root, config=cfg, ingest_dir=ws.local(ingest_dir)
         )

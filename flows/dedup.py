@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.progress import gather
 from flows.runners import task_runner
+from flows.stage_tags import stage_tags, untagged_tasks
 from storage.cache import cached_options
 from storage.layout import (
     code_version,
@@ -54,8 +55,8 @@ def _upstream(run_root: str, curate_dir: str | None) -> Path:
 
 
 def _options(task_obj: Any, name: str, run_root: str, out: Path, *files: str) -> Any:
-    """A dedup task with its name and tags; recomputed when its outputs have gone missing."""
-    return cached_options(task_obj, name, ["dedup"], run_root, out, *files)
+    """A dedup task with its name; recomputed when its outputs have gone missing."""
+    return cached_options(task_obj, name, run_root, out, *files)
 
 
 def _signatures(
@@ -125,6 +126,7 @@ def _publish(manifest: dict[str, Any], out_dir: Path, clusters: list[dict[str, A
 
 
 @flow(name="dedup", flow_run_name="dedup {run_root}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@untagged_tasks
 def dedup_flow(
     run_root: str, config: DedupConfig | None = None, curate_dir: str | None = None
 ) -> dict[str, Any]:
@@ -191,7 +193,10 @@ def run_dedup(
 ) -> dict[str, Any]:
     """Run the dedup flow on `workers` threads (0: one per CPU) or a Dask cluster."""
     # A URI run root: the curate stage and the dedup index are downloaded first, the outputs uploaded after.
-    with workspace(str(run_root), curate_dir, newest=["curate"], every=["dedup-index"]) as ws:
+    with (
+        workspace(str(run_root), curate_dir, newest=["curate"], every=["dedup-index"]) as ws,
+        stage_tags(STAGE),
+    ):
         return dedup_flow.with_options(task_runner=task_runner(workers, dask_address))(
             run_root=ws.root, config=cfg, curate_dir=ws.local(curate_dir)
         )

@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.progress import gather
 from flows.runners import task_runner
+from flows.stage_tags import stage_tags, untagged_tasks
 from storage.cache import cached_options
 from storage.layout import code_version, read_manifest, stage_dir, stage_key, stage_manifest, write_manifest
 from storage.refs import ShardRef
@@ -30,10 +31,8 @@ def ingest_dir(run_root: str | Path, cfg: IngestConfig) -> Path:
 
 def _submit(group: InputGroup, cfg: IngestConfig, out_dir: Path, run_root: str) -> Any:
     """Submit one group; force a recompute when a cached result's shard has gone missing."""
-    name, tags = f"ingest-{group.kind}: {group.label}", ["ingest", f"ingest-{group.kind}"]
-    runner = cached_options(
-        ingest_group_task, name, tags, run_root, out_dir, group.shard_name, group.drops_name
-    )
+    name = f"ingest-{group.kind}: {group.label}"
+    runner = cached_options(ingest_group_task, name, run_root, out_dir, group.shard_name, group.drops_name)
     return runner.submit(group, cfg, str(out_dir))
 
 
@@ -67,6 +66,7 @@ def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
 
 
 @flow(name="ingest", flow_run_name="ingest {run_root}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@untagged_tasks
 def ingest_flow(inputs: list[str], run_root: str, config: IngestConfig | None = None) -> dict[str, Any]:
     """Ingest files, folders, WARCs and URL lists into raw document shards; return the manifest summary."""
     cfg = config or IngestConfig()
@@ -100,7 +100,7 @@ def run_ingest(
     inputs: list[str], run_root: str, cfg: IngestConfig, workers: int = 0, dask_address: str | None = None
 ) -> dict[str, Any]:
     """Run the ingest flow on `workers` threads (0: one per CPU) or a Dask cluster, remote inputs fetched."""
-    with workspace(str(run_root)) as ws:
+    with workspace(str(run_root)) as ws, stage_tags(STAGE):
         local_inputs = fetch_inputs(inputs, Path(ws.root) / "inputs" / "remote")
         runner = task_runner(workers, dask_address, spawns=True)
         return ingest_flow.with_options(task_runner=runner)(inputs=local_inputs, run_root=ws.root, config=cfg)

@@ -11,6 +11,7 @@ from flows.config import PipelineConfig, apply_overrides
 from flows.curate import run_curate
 from flows.dedup import run_dedup
 from flows.ingest import run_ingest
+from flows.stage_tags import stage_tags
 from flows.tokenize_flow import run_tokenize
 from flows.train import train_flow
 from storage.remote import is_remote, workspace
@@ -49,7 +50,7 @@ def pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None) ->
     curate = run_curate(root, config.curate, workers, ingest["stage_dir"], dask)
     dedup = run_dedup(root, config.dedup, workers, curate["stage_dir"], dask)
     tokens = run_tokenize(root, config.tokenize, workers, dedup["stage_dir"], dask)
-    with workspace(root, tokens["stage_dir"]) as ws:
+    with workspace(root, tokens["stage_dir"]) as ws, stage_tags("train"):
         trained = train_flow(run_root=ws.root, config=config.train, tokens_dir=tokens["stage_dir"])
     return {"ingest": ingest, "curate": curate, "dedup": dedup, "tokenize": tokens, "train": trained}
 
@@ -66,7 +67,7 @@ def watched_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 @flow(name="incremental", flow_run_name=run_name)
 def incremental_flow(config: PipelineConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Ingest, curate and dedup the watched inputs; old files hit the cache, the dedup index spans runs."""
+    """Ingest, curate and dedup the watched inputs: old files hit the cache, new ones meet all in dedup."""
     config = with_overrides(config, overrides)
     inputs, missing = watched_inputs(config.inputs)
     if missing:

@@ -26,17 +26,25 @@ def _bar(label: str, done: int, total: int, started: float) -> str:
     return f"{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {time.monotonic() - started:.0f}s"
 
 
+# Seconds between progress-artifact updates: each is a blocking API call, and a rerun's cache hits finish
+# by the dozen in a second.
+ARTIFACT_EVERY_S = 1.0
+
+
 def gather(futures: list[PrefectFuture], key: str, label: str) -> list[Any]:
-    """The futures' results in submission order, moving the progress artifact `key` as each one finishes."""
+    """The futures' results in submission order, moving the progress artifact `key` as they finish."""
     total, started = len(futures), time.monotonic()
     artifact = create_progress_artifact(progress=0.0, key=key, description=label)
     bar = _show_bar()
     order = {id(f): i for i, f in enumerate(futures)}
     results: list[Any] = [None] * total
+    updated = started
     for done, future in enumerate(as_completed(futures), start=1):
         # .result() raises the task's error here, so a failed shard fails the stage at once.
         results[order[id(future)]] = future.result()
-        update_progress_artifact(artifact, progress=100.0 * done / total)
+        if done == total or time.monotonic() - updated >= ARTIFACT_EVERY_S:
+            update_progress_artifact(artifact, progress=100.0 * done / total)
+            updated = time.monotonic()
         if bar:
             # On a terminal the bar redraws in place; elsewhere (a forced bar in a log) one line an update.
             tty = sys.stderr.isatty()

@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.progress import gather
 from flows.runners import task_runner
+from flows.stage_tags import stage_tags, untagged_tasks
 from storage.cache import cached_options
 from storage.layout import (
     code_version,
@@ -82,9 +83,7 @@ def _tokenizer(
     kept = read_manifest(out)
     if kept is not None and (out / "tokenizer.json").is_file():
         return {k: kept[k] for k in ("path", "hash", "vocab_size", "eos_id", "pad_id")}
-    trained = cached_options(
-        train_tokenizer_task, "train tokenizer", ["tokenize"], run_root, out, "tokenizer.json"
-    )(
+    trained = cached_options(train_tokenizer_task, "train tokenizer", run_root, out, "tokenizer.json")(
         [str(upstream / e["path"]) for e in entries],
         [e["fingerprint"] for e in entries],
         str(out),
@@ -116,6 +115,7 @@ def _manifest(
 
 
 @flow(name="tokenize", flow_run_name="tokenize {run_root}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@untagged_tasks
 def tokenize_flow(
     run_root: str, config: TokenizeConfig | None = None, docs_dir: str | None = None
 ) -> dict[str, Any]:
@@ -135,7 +135,6 @@ def tokenize_flow(
         cached_options(
             tokenize_shard_task,
             f"tokenize: {e['path']}",
-            ["tokenize"],
             run_root,
             out,
             *shard_names(e["path"]).values(),
@@ -178,7 +177,7 @@ def run_tokenize(
     dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Run the tokenize flow on `workers` threads (0: two; encoding is multi-threaded) or a Dask cluster."""
-    with workspace(str(run_root), docs_dir, newest=["dedup", "curate"]) as ws:
+    with workspace(str(run_root), docs_dir, newest=["dedup", "curate"]) as ws, stage_tags("tokenize"):
         return tokenize_flow.with_options(task_runner=task_runner(workers, dask_address, default=2))(
             run_root=ws.root, config=cfg, docs_dir=ws.local(docs_dir)
         )

@@ -9,6 +9,7 @@ rerun is a cache hit as long as the final checkpoint is still on disk.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.progress import ARTIFACT_EVERY_S
+from flows.stage_tags import untagged_tasks
 from flows.train_report import publish, sample_task
 from model import checkpoint
 from model.config import PRESETS, GPTConfig
@@ -137,10 +140,14 @@ def _progress(max_steps: int, log_records: bool = True) -> Any:
     """An on_log callback that moves a progress artifact and logs losses (unless the output already has)."""
     artifact = create_progress_artifact(progress=0.0, key="train-progress", description="Training progress")
     logger = get_run_logger()
+    updated = [time.monotonic()]
 
     def on_log(record: dict[str, Any]) -> None:
-        if record["kind"] == "train":
+        last = record["kind"] == "train" and record["step"] + 1 == max_steps
+        # A blocking API call: at most one a second (and the last), never one per logged step.
+        if record["kind"] == "train" and (last or time.monotonic() - updated[0] >= ARTIFACT_EVERY_S):
             update_progress_artifact(artifact, progress=100.0 * (record["step"] + 1) / max_steps)
+            updated[0] = time.monotonic()
         if not log_records:
             return
         if record["kind"] == "train":
@@ -210,6 +217,7 @@ def train_task(
 
 
 @flow(name="train", flow_run_name="train {run_root}")
+@untagged_tasks
 def train_flow(
     run_root: str, config: TrainStage | None = None, tokens_dir: str | None = None
 ) -> dict[str, Any]:
@@ -235,7 +243,7 @@ def train_flow(
     # The inputs carry the stage directory (config, tokens stage and code version) and the shard paths;
     # a cache hit without the final checkpoint on disk would claim a model that is gone, so it retrains.
     final = checkpoint.step_dir(Path("checkpoints"), stage.train.max_steps) / checkpoint.META
-    task_obj = cached_options(train_task, f"train {out}", [STAGE], run_root, out, str(final))
+    task_obj = cached_options(train_task, f"train {out}", run_root, out, str(final))
     summary = task_obj(cfg, stage, shards["train"], shards["val"], str(out), tok["hash"])
     samples = _samples(stage, summary, tokens / "tokenizer.json", run_root, out)
     publish(summary, stage.preset, out, samples)
@@ -262,7 +270,7 @@ def _samples(
     if not stage.samples or not summary["checkpoint"] or not tokenizer.is_file():
         return []
     ckpt = Path(summary["checkpoint"])
-    runner = cached_options(sample_task, "sample", [STAGE], run_root, out)
+    runner = cached_options(sample_task, "sample", run_root, out)
     return runner(
         str(ckpt),
         file_fingerprint(ckpt / checkpoint.META),

@@ -17,15 +17,13 @@ def result_store(run_root: Path | str) -> Path:
     return Path(run_root).resolve() / "_prefect" / "results"
 
 
-def cached_options(
-    task_obj: Any, name: str, tags: list[str], run_root: Path | str, out_dir: Path, *outputs: str
-) -> Any:
-    """A task with its run name, tags and result store, forced to recompute when an output it wrote is gone.
+def cached_options(task_obj: Any, name: str, run_root: Path | str, out_dir: Path, *outputs: str) -> Any:
+    """A task with its run name and result store, forced to recompute when an output it wrote is gone.
 
     A cache record outlives the files it points at (someone deletes a shard); serving it would hand the
     next stage a missing path, so a missing output turns the cache lookup into a refresh.
     """
     complete = all((Path(out_dir) / name_).exists() for name_ in outputs)
     return task_obj.with_options(
-        task_run_name=name, tags=tags, result_storage=result_store(run_root), refresh_cache=not complete
+        task_run_name=name, result_storage=result_store(run_root), refresh_cache=not complete
     )
