@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import task_states
+from conftest import task_runs, task_states
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import ingest_flow
@@ -147,6 +149,12 @@ def test_cli_ingest_inspect_and_errors(prefect_api: str, tmp_path: Path) -> None
     summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert summary["documents"] == 1 and summary["drop_reasons"] == {"unsupported_file_type": 1}
     assert re.search(r"^ingest: input groups \[#{30}\] 2/2 \d+s$", done.stderr, re.M), done.stderr[-2000:]
+    # The stage's flow run is tagged with its stage; its task runs are not (see flows/stage_tags.py).
+    with get_client(sync_client=True) as client:
+        name = FlowRunFilterName(any_=[f"ingest {tmp_path / 'run'}"])
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=name))
+    assert set(run.tags) == {"crucible", "ingest"}
+    assert [r.tags for r in task_runs(run.id)] == [[], []]
     shown = _cli(
         ["inspect", str(tmp_path / "run"), "--reason", "unsupported_file_type", "--docs", "1"], prefect_api
     )
