@@ -127,8 +127,7 @@ def _datatrove(out_dir: Path) -> tuple[Work, str]:
 
     minhash = _datatrove_minhash()
     logger.remove()  # its per-step log lines would only interleave with the table
-    # xxhash comes with datatrove[processing], which the project does not install; datatrove's FineWeb
-    # run predates the option and hashed shingles with sha1 (64 bits).
+    # xxhash is datatrove's default (HashConfig) and in our dev extra; without it, sha1 (slower).
     hash_fc = "xxhash" if importlib.util.find_spec("xxhash") else "sha1"
     hashing = HashConfig(precision=64, hash_fc=hash_fc)
     cfg = minhash.MinhashConfig(n_grams=NGRAM, num_buckets=14, hashes_per_bucket=8, hash_config=hashing)

@@ -22,6 +22,7 @@ from flows.inspect_run import inspect_run
 from storage.layout import manifest_shards, read_manifest
 from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA, new_document
 from storage.shards import read_shard
+from tasks.dedup import filter_task
 from tasks.dedup_config import DUP_EXACT, DUP_MINHASH, DedupConfig
 
 
@@ -108,6 +109,44 @@ def test_same_output_whatever_the_number_of_workers(
         out = Path(result["stage_dir"])
         outputs.append((out.name, {p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))}))
     assert outputs[0] == outputs[1] and len(outputs[0][1]) == 6
+
+
+def test_a_failed_task_is_retried_and_the_stage_completes(
+    curated: tuple[Path, Path, list[Any]], prefect_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A transient error in one shard's task costs a retry of that task, not the stage."""
+    _, stage, _ = curated
+    real, calls = filter_task.fn, []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise OSError("a transient I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(filter_task, "fn", flaky)
+    monkeypatch.setattr(filter_task, "retry_delay_seconds", 0)
+    retried, states = _run(tmp_path / "flaky", stage)
+    runs = task_runs(_last_flow_run(tmp_path / "flaky"))
+    assert sorted(r.run_count for r in runs if r.name.startswith("filter:")) == [1, 1, 2]
+    assert {s for _, s in states} == {"Completed"} and len(calls) == 4
+    monkeypatch.setattr(filter_task, "fn", real)
+    clean, _ = _run(tmp_path / "clean", stage)
+
+    def files(result: dict[str, Any]) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(Path(result["stage_dir"]).glob("*.parquet"))}
+
+    assert files(retried) == files(clean) and retried["drop_reasons"] == clean["drop_reasons"]
+
+
+def _last_flow_run(root: Path) -> Any:
+    """The id of the newest dedup flow run over a run root."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flt = FlowRunFilter(name=FlowRunFilterName(any_=[f"dedup {root}"]))
+        return client.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.START_TIME_DESC, limit=1)[0].id
 
 
 def test_later_run_dedups_against_the_index(

@@ -93,6 +93,9 @@ def _outputs(run_root: Path) -> dict[str, str]:
             names = entry["files"].values() if stage == "tokens" else (entry["path"], entry["drops_path"])
             for name in names:
                 out[f"{stage}/{name}"] = hashlib.sha256((newest / name).read_bytes()).hexdigest()
+        if stage == "tokens":  # the tokenizer the shards were encoded with, trained in the killed run too
+            tokenizer = (newest / "tokenizer.json").read_bytes()
+            out["tokens/tokenizer.json"] = hashlib.sha256(tokenizer).hexdigest()
     return out
 
 
