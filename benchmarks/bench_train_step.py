@@ -4,13 +4,13 @@ Both models get the configuration `model.export.llama_config` writes (layers, he
 FFN, padded vocabulary, tied embeddings), fp32, SDPA attention, the same initial weights (ours,
 renamed for Llama) and the same random token batches. A step is what model/train.py does: forward with
 the loss, backward, the loss read back, gradient clipping and an AdamW step over two parameter groups
-(ours from `model.optim.make_optimizer`, HF's built alike); the first `--warmup` steps are not timed. Equal work: HF gets labels=x and shifts them
-itself, ours gets targets=x shifted left with the last position ignored, so both score the same
-tokens, and the first losses agree. Each model runs in a fresh spawned process, so its peak RSS
-(VmHWM) is its own (the HF process also pays for importing transformers). Both use the same
-`torch.set_num_threads` (default: every core). With `--rounds` above 1, the two alternate which goes
-first; the report gives the best round of each and the median ratio of the rounds run back to back,
-which damps noise from other jobs on a shared machine.
+(ours from `model.optim.make_optimizer`, HF's built alike); the first `--warmup` steps are not timed.
+Equal work: HF gets labels=x and shifts them itself, ours gets targets=x shifted left with the last
+position ignored, so both score the same tokens, and the first losses agree. Each model runs in a fresh
+spawned process, so its peak RSS (VmHWM) is its own (the HF process also pays for importing
+transformers). Both use the same `torch.set_num_threads` (default: every core). With `--rounds` above 1,
+the two alternate which goes first; the report gives the best round of each and the median ratio of the
+rounds run back to back, which damps noise from other jobs on a shared machine.
 
 On a CUDA device (`--device cuda`, not exercised on the CPU-only development machine) the timing
 synchronizes and MFU is printed too: tokens/s · flops_per_token / peak FLOP/s, the peak the training
@@ -18,7 +18,7 @@ loop uses (`model.train.peak_flops`: the CRUCIBLE_PEAK_FLOPS environment variabl
 dense bf16 tensor-core peaks by device name). The runs here are fp32, so MFU against a bf16 peak
 understates what a bf16 run would reach.
 
-    python benchmarks/bench_train_step.py --preset small --preset tiny --steps 20
+    python benchmarks/bench_train_step.py --preset small --preset tiny --rounds 6
 """
 
 from __future__ import annotations
