@@ -131,7 +131,10 @@ def run_one(which: str, cfg_json: str, weights: str, args: dict[str, Any], queue
     cfg = GPTConfig.model_validate_json(cfg_json)
     build = build_ours if which == "ours" else build_hf
     xs = batches(cfg, args["batch"], args["warmup"] + args["steps"], seed=1)
-    result = timed_steps(build(cfg, Path(weights), args["device"]), xs, args["warmup"], args["device"])
+    built = build(cfg, Path(weights), args["device"])
+    if args["compile"]:
+        built[0].compile()  # in place: the loss function calls the compiled forward; warm-up compiles
+    result = timed_steps(built, xs, args["warmup"], args["device"])
     queue.put({**result, "peak_rss_mb": peak_rss_mb()})
 
 
@@ -180,6 +183,7 @@ def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list
         f"\npreset {name}: {param_count(cfg) / 1e6:.2f}M params, batch {args['batch']} x block "
         f"{cfg.block_size} = {tokens} tokens/step, {args['threads']} threads, {args['device']}, "
         f"{args['steps']} timed steps after {args['warmup']} warmup, best of {len(runs['ours'])} round(s)"
+        + (", both compiled" if args["compile"] else "")
     )
     print(
         f"{'':10}{'steps/s':>9}{'tokens/s':>10}{'median s':>10}{'peak RSS MB':>13}"
@@ -215,8 +219,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best is kept")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = parser.parse_args()
-    settings = {k: getattr(args, k) for k in ("steps", "warmup", "batch", "threads", "device")}
+    settings = {k: getattr(args, k) for k in ("steps", "warmup", "batch", "threads", "device", "compile")}
     for name in args.preset or ["small", "tiny"]:
         overrides = {} if args.block is None else {"block_size": args.block}
         cfg = GPTConfig.preset(name, VOCAB, **overrides)
