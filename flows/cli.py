@@ -295,9 +295,10 @@ def _exit_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand, print where outputs are, exit non-zero with one line on failure."""
     _exit_on_sigterm()
-    # The temporary server Prefect starts without PREFECT_API_URL would send telemetry, and offline it
-    # logs an ERROR at every start; `crucible server` turns it off the same way. An explicit value wins.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.server import telemetry_off
+
+    # The temporary server Prefect starts without PREFECT_API_URL inherits this process's environment.
+    telemetry_off(os.environ)
     parser = build_parser()
     # Overrides may follow options (`ingest DIR --run-root X key=v`), which plain argparse refuses.
     ns, extra = parser.parse_known_args(argv)

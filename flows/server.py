@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,9 +106,15 @@ def server_env(plan: ServerPlan, env: Mapping[str, str], marker: str) -> dict[st
         PREFECT_API_DATABASE_CONNECTION_URL=database_url(plan, env),
         **{MARKER: marker},
     )
-    # Prefect's default sends anonymous usage events to Prefect's servers; a local server stays offline.
-    out.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    telemetry_off(out)
     return out
+
+
+def telemetry_off(env: MutableMapping[str, str]) -> None:
+    """Keep a Prefect server started with `env` offline unless `env` asks for telemetry explicitly."""
+    # Prefect's default sends anonymous usage events to Prefect's servers; offline that fails and logs an
+    # ERROR at every start.
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def client_env(plan: ServerPlan, env: Mapping[str, str]) -> dict[str, str]:
