@@ -5,6 +5,9 @@ FFN, padded vocabulary, tied embeddings), fp32, SDPA attention, the same initial
 renamed for Llama) and the same random token batches. A step is what model/train.py does: forward with
 the loss, backward, the loss read back, gradient clipping and an AdamW step over two parameter groups
 (ours from `model.optim.make_optimizer`, HF's built alike); the first `--warmup` steps are not timed.
+Ours runs under the malloc tuning model/train.py applies on CPU (model.malloc: freed tensor memory stays
+mapped for the next step); HF runs as transformers leaves the process, or with it too (`--same-malloc`),
+which separates what the runtime gains from what the model does.
 Equal work: HF gets labels=x and shifts them itself, ours gets targets=x shifted left with the last
 position ignored, so both score the same tokens, and the first losses agree. Each model runs in a fresh
 spawned process, so its peak RSS (VmHWM) is its own (the HF process also pays for importing
@@ -42,6 +45,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from model.config import GPTConfig, param_count  # noqa: E402
 from model.export import llama_config, llama_state_dict  # noqa: E402
+from model.malloc import reuse_freed_memory  # noqa: E402
 from model.optim import TrainConfig, make_optimizer  # noqa: E402
 from model.train import clip_grads, mfu, peak_flops  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
@@ -97,14 +101,14 @@ def build_hf(cfg: GPTConfig, weights: Path, device: str) -> Built:
 
 def timed_steps(built: Built, xs: list[Tensor], warmup: int, device: str) -> dict[str, Any]:
     """Train on each batch in turn as model/train.py does (backward, clip, step, the loss read back);
-    seconds of every step after the warmup, and the losses."""
+    seconds of every step after the warmup (wall and this process's CPU time), and the losses."""
     model, loss_fn, opt = built
     model.train()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    seconds, losses = [], []
+    seconds, cpu_seconds, losses = [], [], []
     for i, x in enumerate(xs):
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = loss_fn(x.to(device))
         loss.backward()
         losses.append(loss.item())
@@ -114,7 +118,8 @@ def timed_steps(built: Built, xs: list[Tensor], warmup: int, device: str) -> dic
         sync()
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
-    return {"seconds": seconds, "first_loss": losses[0], "last_loss": losses[-1]}
+            cpu_seconds.append(time.process_time() - cpu_start)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 def peak_rss_mb() -> float:
@@ -134,7 +139,10 @@ def run_one(which: str, cfg_json: str, weights: str, args: dict[str, Any], queue
     built = build(cfg, Path(weights), args["device"])
     if args["compile"]:
         built[0].compile()  # in place: the loss function calls the compiled forward; warm-up compiles
-    result = timed_steps(built, xs, args["warmup"], args["device"])
+    # model/train.py tunes malloc when it trains on CPU; HF gets it too only with --same-malloc.
+    tune = args["device"] == "cpu" and (which == "ours" or args["same_malloc"])
+    with reuse_freed_memory(tune):
+        result = timed_steps(built, xs, args["warmup"], args["device"])
     queue.put({**result, "peak_rss_mb": peak_rss_mb()})
 
 
@@ -164,6 +172,11 @@ def steps_per_s(result: dict[str, Any]) -> float:
     return len(result["seconds"]) / sum(result["seconds"])
 
 
+def cpu_per_step(result: dict[str, Any]) -> float:
+    """Median CPU seconds (all threads) of a timed step."""
+    return statistics.median(result["cpu_seconds"])
+
+
 def measure(cfg: GPTConfig, args: dict[str, Any], rounds: int) -> dict[str, list[dict[str, Any]]]:
     """Every round of each model, the two alternating which runs first."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,9 +197,10 @@ def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list
         f"{cfg.block_size} = {tokens} tokens/step, {args['threads']} threads, {args['device']}, "
         f"{args['steps']} timed steps after {args['warmup']} warmup, best of {len(runs['ours'])} round(s)"
         + (", both compiled" if args["compile"] else "")
+        + (", HF with our malloc tuning" if args["same_malloc"] else "")
     )
     print(
-        f"{'':10}{'steps/s':>9}{'tokens/s':>10}{'median s':>10}{'peak RSS MB':>13}"
+        f"{'':10}{'steps/s':>9}{'tokens/s':>10}{'median s':>10}{'CPU s':>7}{'peak RSS MB':>13}"
         f"{'loss first':>12}{'last':>8}   steps/s per round"
     )
     rate = {}
@@ -197,7 +211,7 @@ def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list
         mfu_text = "" if peak is None else f"   MFU {mfu(rate[which] * tokens, cfg, peak):.1%}"
         print(
             f"{label:10}{rate[which]:9.3f}{rate[which] * tokens:10.0f}"
-            f"{statistics.median(res['seconds']):10.3f}{res['peak_rss_mb']:13.0f}"
+            f"{statistics.median(res['seconds']):10.3f}{cpu_per_step(res):7.3f}{res['peak_rss_mb']:13.0f}"
             f"{res['first_loss']:12.4f}{res['last_loss']:8.4f}   [{rounds}]{mfu_text}"
         )
     # Round r of each side ran back to back, so their ratio shares that moment's load on the machine.
@@ -206,6 +220,9 @@ def report(name: str, cfg: GPTConfig, args: dict[str, Any], runs: dict[str, list
         f"ratio ours/HF (steps/s): best round {rate['ours'] / rate['hf']:.3f}, median of the paired rounds "
         f"{statistics.median(paired):.3f} [{', '.join(f'{r:.3f}' for r in paired)}] (target >= 1.0)"
     )
+    # CPU time leaves out what other jobs on a shared machine take from the wall clock.
+    cpu = [cpu_per_step(h) / cpu_per_step(o) for o, h in zip(runs["ours"], runs["hf"], strict=True)]
+    print(f"ratio HF/ours (CPU seconds per step): median of the paired rounds {statistics.median(cpu):.3f}")
 
 
 def main() -> None:
@@ -220,8 +237,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best is kept")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument(
+        "--same-malloc", action="store_true", help="give HF the malloc tuning model/train.py applies on CPU"
+    )
     args = parser.parse_args()
-    settings = {k: getattr(args, k) for k in ("steps", "warmup", "batch", "threads", "device", "compile")}
+    names = ("steps", "warmup", "batch", "threads", "device", "compile", "same_malloc")
+    settings = {k: getattr(args, k) for k in names}
     for name in args.preset or ["small", "tiny"]:
         overrides = {} if args.block is None else {"block_size": args.block}
         cfg = GPTConfig.preset(name, VOCAB, **overrides)

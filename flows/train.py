@@ -49,6 +49,7 @@ CODE_MODULES = (
     "model.checkpoint",
     "model.distributed",
     "model.metrics",
+    "model.malloc",
     "model.train",
     "model.launch",
     "storage.schemas",

@@ -13,6 +13,7 @@ Under torchrun every process calls `train` and they train one model data-paralle
 each rank reads its own slice of every global batch, DDP averages the gradients, losses are averaged
 over ranks before they are logged or guarded (so every rank stops at the same step), and only rank 0
 writes metrics and checkpoints. N ranks of micro-batch B train like one process of micro-batch N·B.
+On CPU, glibc's malloc keeps freed tensor memory for the next step instead of unmapping it (model.malloc).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from model import checkpoint, distributed
 from model.config import GPTConfig, flops_per_token, param_count
 from model.data import TokenLoader, TooFewTokens
+from model.malloc import reuse_freed_memory
 from model.metrics import METRICS, MetricsLog, Throughput
 from model.optim import TrainConfig, lr_at, make_optimizer, set_lr
 from model.transformer import Transformer
@@ -294,7 +296,7 @@ def train(
     torchrun every process calls this and they train data-parallel; `on_log` is called on rank 0 only,
     and every rank returns the same summary (out_dir must be on a filesystem all nodes share).
     """
-    with distributed.session(resolve_device(device)) as d:
+    with distributed.session(resolve_device(device)) as d, reuse_freed_memory(d.device.type == "cpu"):
         return _train(cfg, tcfg, train_shards, val_shards, Path(out_dir), tokenizer_hash, on_log, d)
 
 

@@ -402,3 +402,21 @@ def test_a_validation_split_shorter_than_a_window_skips_evaluation(tmp_path: Pat
     # Training shards that short are still an error: there is nothing to train on.
     with pytest.raises(ValueError, match="no shard holds a window of 33 tokens"):
         train(tiny(), quick(), short, [], tmp_path / "out2", tokenizer_hash=HASH, device="cpu")
+
+
+def test_training_on_cpu_runs_under_the_malloc_tuning(
+    shards: Shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train() enters model.malloc.reuse_freed_memory on CPU (tests/test_malloc.py tests what that does)."""
+    import model.train as train_module
+
+    entered: list[bool] = []
+    real = train_module.reuse_freed_memory
+
+    def spy(enabled: bool = True) -> Any:
+        entered.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(train_module, "reuse_freed_memory", spy)
+    train(tiny(), quick(max_steps=2), *shards, tmp_path / "run", HASH, device="cpu")
+    assert entered == [True]
