@@ -7,6 +7,13 @@ again and the kernel zeroes every page: on the `small` preset, 73,000 page fault
 of kernel time per step (benchmarks/RESULTS.md). Raising the mmap threshold and the trim threshold for the
 run lets freed blocks go back on malloc's free lists, where the next step finds them already mapped.
 
+The cost is memory. PyTorch allocates with posix_memalign, and glibc before 2.38 frees the few spare
+bytes after each aligned block into its per-thread cache, where they keep the freed block from merging
+with its neighbours; until that cache is full (7 entries per size) the same request is carved from fresh
+heap. The heap grows for the first 20-100 steps, then stays flat or takes a block now and then: 1,416
+against an untuned peak of 1,303 MB (+9%) on the `small` preset, 610-670 against 495 MB (+24%) on `tiny`
+(benchmarks/RESULTS.md).
+
 On the way out the thresholds go back to fixed values near glibc's own (mmap above 32 MiB, trim above
 128 KiB) and `malloc_trim` hands the free memory back, so a process that goes on after training does not
 keep its peak. Set CRUCIBLE_MALLOC_TUNING=0, or any of glibc's own MALLOC_MMAP_THRESHOLD_,
@@ -27,9 +34,11 @@ log = logging.getLogger(__name__)
 
 # mallopt parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-# While training: serve blocks up to 1 GiB from the heap, and keep up to 2 GiB free at its top (mallopt
-# takes a C int, so 2 GiB is as far as it goes).
-TRAIN_MMAP_THRESHOLD = 1 << 30
+# While training: serve blocks up to 256 MiB from the heap, and keep up to 2 GiB free at its top (mallopt
+# takes a C int, so 2 GiB is as far as it goes). Larger blocks still get their own mapping: a step that
+# allocates them computes for long enough that faulting them in is a small share of it, and it bounds
+# what fragmentation can cost (below).
+TRAIN_MMAP_THRESHOLD = 256 << 20
 TRAIN_TRIM_THRESHOLD = 2**31 - 1
 # Afterwards: glibc's dynamic ceiling for the mmap threshold, and its default trim threshold.
 AFTER_MMAP_THRESHOLD = 32 << 20
@@ -74,6 +83,7 @@ def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
     if libc is None or not _set(libc, TRAIN_MMAP_THRESHOLD, TRAIN_TRIM_THRESHOLD):
         yield False
         return
+    log.info("CPU training: malloc keeps freed memory for the next step (CRUCIBLE_MALLOC_TUNING=0: off)")
     try:
         yield True
     finally:
