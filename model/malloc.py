@@ -76,16 +76,26 @@ def _set(libc: Any, mmap_threshold: int, trim_threshold: int) -> bool:
     return bool(took_mmap and took_trim)
 
 
+# Open reuse_freed_memory blocks in this process: only the outermost sets and restores the thresholds.
+_open_blocks = [0]
+
+
 @contextmanager
 def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """Within the block, freed large blocks stay mapped for reuse; yields whether malloc was tuned."""
     libc = glibc() if enabled and tuning_wanted(os.environ) else None
-    if libc is None or not _set(libc, TRAIN_MMAP_THRESHOLD, TRAIN_TRIM_THRESHOLD):
+    if libc is None:
         yield False
         return
-    log.info("CPU training: malloc keeps freed memory for the next step (CRUCIBLE_MALLOC_TUNING=0: off)")
+    outermost = _open_blocks[0] == 0
+    _open_blocks[0] += 1
     try:
-        yield True
+        tuned = _set(libc, TRAIN_MMAP_THRESHOLD, TRAIN_TRIM_THRESHOLD) if outermost else True
+        if tuned and outermost:
+            log.info("malloc keeps freed memory for the next step (CRUCIBLE_MALLOC_TUNING=0 turns it off)")
+        yield tuned
     finally:
-        _set(libc, AFTER_MMAP_THRESHOLD, AFTER_TRIM_THRESHOLD)
-        libc.malloc_trim(ctypes.c_size_t(0))
+        _open_blocks[0] -= 1
+        if outermost:  # also when glibc took only one threshold
+            _set(libc, AFTER_MMAP_THRESHOLD, AFTER_TRIM_THRESHOLD)
+            libc.malloc_trim(ctypes.c_size_t(0))

@@ -121,3 +121,16 @@ def test_disabled_or_opted_out_tunes_nothing(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CRUCIBLE_MALLOC_TUNING", "0")
     with malloc.reuse_freed_memory() as tuned:
         assert not tuned
+
+
+@needs_glibc
+@pytest.mark.usefixtures("untouched_env")
+def test_only_the_outermost_block_hands_memory_back() -> None:
+    """A nested block (the benchmark around train(), say) leaves the outer one's tuning in place."""
+    with malloc.reuse_freed_memory():
+        with malloc.reuse_freed_memory() as inner:
+            assert inner
+        start = rss_mb()
+        big = torch.ones(128 << 18)  # 128 MiB, touched
+        del big
+        assert rss_mb() - start > 100  # still tuned after the inner block ended
