@@ -26,7 +26,7 @@ import ctypes
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,7 +59,7 @@ def glibc() -> Any | None:
     return libc if all(hasattr(libc, name) for name in needed) else None
 
 
-def tuning_wanted(env: dict[str, str] | os._Environ[str]) -> bool:
+def tuning_wanted(env: Mapping[str, str]) -> bool:
     """False when the user opted out or tuned malloc themselves."""
     if env.get("CRUCIBLE_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,8 @@ def huge_pages_always() -> bool:
     return thp.exists() and "[always]" in thp.read_text()
 
 
-def trainer() -> tuple[float, ...]:
-    """A function running n training steps of the `tiny` preset (32 MiB of logits a step), returning
+def trainer() -> Callable[[int], float]:
+    """A function that runs n training steps of the `tiny` preset (32 MiB of logits a step) and returns
     the minor page faults per step."""
     torch.manual_seed(0)
     cfg = GPTConfig.preset("tiny", 8192)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+import model.train as train_module
 from model import checkpoint
 from model.config import GPTConfig, flops_per_token
 from model.optim import TrainConfig, lr_at, make_optimizer
@@ -408,8 +409,6 @@ def test_training_on_cpu_runs_under_the_malloc_tuning(
     shards: Shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """train() enters model.malloc.reuse_freed_memory on CPU (tests/test_malloc.py tests what that does)."""
-    import model.train as train_module
-
     entered: list[bool] = []
     real = train_module.reuse_freed_memory
 
