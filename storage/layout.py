@@ -95,9 +95,11 @@ def stage_manifest(
     """The manifest every stage writes: identity, config, shards, counts per source and per reason."""
     per_source: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    quirks: Counter[str] = Counter()
     for ref in refs:
         per_source.update(ref.per_source)
         reasons.update(ref.drop_reasons)
+        quirks.update(ref.quirks)
     return {
         "stage": stage,
         "key": key,
@@ -111,5 +113,6 @@ def stage_manifest(
             "drops": sum(r.drops for r in refs),
             "per_source": dict(sorted(per_source.items())),
             "drop_reasons": dict(sorted(reasons.items())),
+            "quirks": dict(sorted(quirks.items())),
         },
     }

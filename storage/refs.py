@@ -30,3 +30,9 @@ class ShardRef(BaseModel):
     """Drops per reason."""
     seconds: float
     """Wall time spent producing the shard."""
+    quirks: dict[str, int] = {}
+    """Records kept despite a known writer quirk (e.g. a WARC payload digest of the whole block), by quirk."""
+    max_input_seconds: float | None = None
+    """Ingest: the longest time one input file took to extract (its worker killed past the time cap)."""
+    peak_worker_rss_mb: float | None = None
+    """Ingest: the highest peak resident memory of an extraction worker (capped by worker_memory_mb)."""

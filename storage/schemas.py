@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: drops gained their provenance (input_uri, offset, record_index, page) and documents their input_uri.
+# Shards of version 1 still read: storage.shards fills the added (nullable) columns with nulls.
+SCHEMA_VERSION = 2
 
 SOURCES = ("pdf", "html", "warc", "text", "url")
 
@@ -27,11 +30,15 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("lang", pa.string()),
         pa.field("lang_score", pa.float32()),
         pa.field("meta_json", pa.string(), nullable=False),
+        # The input file (file:// URI) or listed URL the document came from: every document names its input.
+        pa.field("input_uri", pa.string()),
     ],
     metadata={"crucible.kind": "documents", "crucible.schema_version": str(SCHEMA_VERSION)},
 )
 
-# Ingest drops: one row per input item that did not become a document, with its reason.
+# Ingest drops: one row per input item that did not become a document, with its reason and where it was:
+# the input file or URL, and the byte offset, record number (WARC records, JSONL lines, from 1) or PDF page
+# (from 1) where that applies. Null provenance means "not applicable" (or a version-1 shard).
 DROP_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -39,6 +46,10 @@ DROP_SCHEMA = pa.schema(
         pa.field("source", pa.string(), nullable=False),
         pa.field("drop_reason", pa.string(), nullable=False),
         pa.field("detail", pa.string(), nullable=False),
+        pa.field("input_uri", pa.string()),
+        pa.field("offset", pa.int64()),
+        pa.field("record_index", pa.int64()),
+        pa.field("page", pa.int32()),
     ],
     metadata={"crucible.kind": "drops", "crucible.schema_version": str(SCHEMA_VERSION)},
 )
@@ -98,7 +109,25 @@ INDEX_SCHEMA = pa.schema(
 
 def doc_id(uri: str, part: str = "") -> str:
     """Stable document id: a hash of the source URI and the part within it."""
-    return hashlib.blake2b(f"{uri}#{part}".encode(), digest_size=16).hexdigest()
+    # surrogatepass: a file name with undecodable bytes still gets its own stable id, never an error.
+    return hashlib.blake2b(f"{uri}#{part}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+# Lone surrogates are the only str values UTF-8 (so Arrow) cannot hold: undecodable bytes carried by
+# surrogateescape (file names, MuPDF messages) and broken UTF-16 pairs.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_str(value: str) -> str:
+    """The string with every lone surrogate replaced by U+FFFD, so it always encodes as UTF-8."""
+    if value.isascii() or not _SURROGATES.search(value):
+        return value
+    return _SURROGATES.sub("\ufffd", value)
+
+
+def _clean_opt(value: str | None) -> str | None:
+    """clean_str for optional strings."""
+    return None if value is None else clean_str(value)
 
 
 def normalize_for_hash(text: str) -> str:
@@ -109,7 +138,8 @@ def normalize_for_hash(text: str) -> str:
 
 def content_hash(text: str) -> str:
     """Hash of the normalized text, used for exact dedup."""
-    return hashlib.blake2b(normalize_for_hash(text).encode(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(normalize_for_hash(text).encode("utf-8", "surrogatepass"), digest_size=16)
+    return digest.hexdigest()
 
 
 def _utc(ts: datetime | None) -> datetime | None:
@@ -133,47 +163,63 @@ class Document:
     lang: str | None = None
     lang_score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    input_uri: str | None = None
 
     def row(self) -> dict[str, Any]:
-        """The Arrow row for this document."""
+        """The Arrow row for this document, every string made encodable."""
         return {
             "id": self.id,
-            "text": self.text,
+            "text": clean_str(self.text),
             "source": self.source,
-            "uri": self.uri,
-            "title": self.title,
+            "uri": clean_str(self.uri),
+            "title": _clean_opt(self.title),
             "content_hash": self.content_hash,
             "fetched_at": _utc(self.fetched_at),
-            "lang": self.lang,
+            "lang": _clean_opt(self.lang),
             "lang_score": self.lang_score,
             # Sorted keys keep shards byte-identical across reruns.
-            "meta_json": json.dumps(self.meta, sort_keys=True, ensure_ascii=False, default=str),
+            "meta_json": clean_str(json.dumps(self.meta, sort_keys=True, ensure_ascii=False, default=str)),
+            "input_uri": _clean_opt(self.input_uri),
         }
 
 
 @dataclass(frozen=True)
 class Drop:
-    """An input item that did not become a document, and why."""
+    """An input item that did not become a document, why, and where it was in its input."""
 
     uri: str
     source: str
     reason: str
     detail: str = ""
     part: str = ""
+    input_uri: str | None = None
+    """The input file (file:// URI) or listed URL; ingest fills it in for every drop of a file or URL."""
+    offset: int | None = None
+    """Byte offset of the record in the input file (WARC records, JSONL lines)."""
+    record_index: int | None = None
+    """Position of the record in its input, from 1 (WARC records in file order, JSONL lines)."""
+    page: int | None = None
+    """PDF page (from 1) the drop is about, when it is about one page."""
+    known_id: str | None = None
+    """The document's id when it was built and then could not be stored (otherwise derived from uri#part)."""
 
     @property
     def id(self) -> str:
         """The id the document would have had."""
-        return doc_id(self.uri, self.part)
+        return self.known_id or doc_id(self.uri, self.part)
 
     def row(self) -> dict[str, Any]:
-        """The Arrow row for this drop."""
+        """The Arrow row for this drop, every string made encodable."""
         return {
             "id": self.id,
-            "uri": self.uri,
+            "uri": clean_str(self.uri),
             "source": self.source,
             "drop_reason": self.reason,
-            "detail": self.detail[:2000],
+            "detail": clean_str(self.detail[:2000]),
+            "input_uri": _clean_opt(self.input_uri),
+            "offset": self.offset,
+            "record_index": self.record_index,
+            "page": self.page,
         }
 
 
@@ -187,9 +233,10 @@ def new_document(
     fetched_at: datetime | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Document:
-    """Build a Document, deriving its id and content hash."""
+    """Build a Document, deriving its id and content hash (text made encodable first)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    text = clean_str(text)
     return Document(
         id=doc_id(uri, part),
         text=text,
@@ -210,3 +257,58 @@ def documents_table(docs: list[Document]) -> pa.Table:
 def drops_table(drops: list[Drop]) -> pa.Table:
     """An Arrow table of drops in the pinned schema."""
     return pa.Table.from_pylist([d.row() for d in drops], schema=DROP_SCHEMA)
+
+
+UNWRITABLE = "record_unwritable"
+
+
+def _as_str(value: Any) -> str:
+    """Any value as an encodable string (for the fields of a record that could not be stored)."""
+    return clean_str(value if isinstance(value, str) else repr(value))
+
+
+def storable_documents(docs: list[Document]) -> tuple[pa.Table, list[Drop]]:
+    """The documents as a table; any one that cannot be converted becomes a record_unwritable Drop instead.
+
+    One bad record (a value Arrow refuses, a meta that cannot be serialized) must cost that record, not the
+    whole group: the fast path converts all at once, and only a failing batch is converted row by row.
+    """
+    try:
+        return documents_table(docs), []
+    except Exception:  # which record failed, and why, is found below
+        pass
+    rows: list[dict[str, Any]] = []
+    drops: list[Drop] = []
+    for doc in docs:
+        try:
+            row = doc.row()
+            pa.Table.from_pylist([row], schema=DOCUMENT_SCHEMA)
+        except Exception as exc:  # any conversion error is this record's
+            detail = f"document could not be stored: {type(exc).__name__}: {exc}"
+            drops.append(
+                Drop(_as_str(doc.uri), _as_str(doc.source), UNWRITABLE, detail,
+                     input_uri=_clean_opt(doc.input_uri and _as_str(doc.input_uri)), known_id=_as_str(doc.id))
+            )  # fmt: skip
+        else:
+            rows.append(row)
+    return pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA), drops
+
+
+def storable_drops(drops: list[Drop]) -> pa.Table:
+    """The drops as a table; a drop that cannot be converted is stored as record_unwritable with its repr."""
+    try:
+        return drops_table(drops)
+    except Exception:  # found row by row below
+        pass
+    rows: list[dict[str, Any]] = []
+    for drop in drops:
+        try:
+            row = drop.row()
+            pa.Table.from_pylist([row], schema=DROP_SCHEMA)
+        except Exception as exc:  # kept, in a form that always converts
+            detail = f"drop could not be stored: {type(exc).__name__}: {exc}; {drop!r}"
+            uri, input_uri = _as_str(drop.uri), drop.input_uri
+            input_uri = _as_str(input_uri) if input_uri is not None else None
+            row = Drop(uri, _as_str(drop.source), UNWRITABLE, detail, _as_str(drop.part), input_uri).row()
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=DROP_SCHEMA)

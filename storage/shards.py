@@ -57,14 +57,46 @@ def _kind(schema: pa.Schema) -> str:
     return (schema.metadata or {}).get(b"crucible.kind", b"?").decode()
 
 
-def _check_version(schema: pa.Schema, path: Path) -> None:
-    """Refuse shards written under another schema version."""
-    meta = schema.metadata or {}
-    version = meta.get(b"crucible.schema_version", b"").decode()
-    if version != str(SCHEMA_VERSION):
+# The oldest schema version this code still reads. Later versions only ever add nullable fields, so an
+# older shard reads with those fields filled with nulls: no migration step, no rewrite of stored data.
+OLDEST_READABLE = 1
+
+
+def _version(schema: pa.Schema) -> int | None:
+    """The `crucible.schema_version` of a file's schema, or None when absent or not a number."""
+    raw = (schema.metadata or {}).get(b"crucible.schema_version", b"").decode(errors="replace")
+    return int(raw) if raw.isdigit() else None
+
+
+def _missing_fields(schema: pa.Schema, want: pa.Schema, path: Path) -> list[str]:
+    """Check a file's schema against `want`; the (nullable) fields an older version's file lacks."""
+    version = _version(schema)
+    if version is None or not OLDEST_READABLE <= version <= SCHEMA_VERSION:
+        check_schema(schema, want, what=str(path))  # a foreign file is named by its fields first
         raise SchemaError(
-            f"{path} was written with schema version {version or 'none'}, this code reads {SCHEMA_VERSION}"
+            f"{path} was written with schema version {version or 'none'}, "
+            f"this code reads versions {OLDEST_READABLE} to {SCHEMA_VERSION}"
         )
+    missing = [] if version == SCHEMA_VERSION else [f.name for f in want if f.name not in schema.names]
+    if any(not want.field(name).nullable for name in missing):
+        check_schema(schema, want, what=str(path))  # raises, naming the missing required fields
+    present = pa.schema([f for f in want if f.name not in missing], metadata=want.metadata)
+    check_schema(schema, present, what=str(path))
+    return missing
+
+
+def _with_nulls(
+    data: pa.Table | pa.RecordBatch, want: pa.Schema, names: list[str]
+) -> pa.Table | pa.RecordBatch:
+    """`data` with null columns for the fields an older shard lacks, columns in the order of `names`."""
+    columns = [
+        data.column(n) if n in data.schema.names else pa.nulls(data.num_rows, want.field(n).type)
+        for n in names
+    ]
+    fields = [want.field(n) for n in names]
+    if isinstance(data, pa.RecordBatch):
+        return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -108,12 +140,13 @@ def write_shard(path: Path, table: pa.Table, schema: pa.Schema) -> None:
 def read_shard(path: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """Read a shard, refusing truncated files and any schema but `schema`."""
     pf = _open(path)
-    check_schema(pf.schema_arrow, schema, what=str(path))
-    _check_version(pf.schema_arrow, path)
+    missing = _missing_fields(pf.schema_arrow, schema, path)
+    names = columns or schema.names
     try:
-        return pf.read(columns=columns)
+        table = pf.read(columns=[n for n in names if n not in missing])
     except (OSError, pa.ArrowException) as exc:
         raise ShardError(f"{path} is unreadable: {exc}") from exc
+    return _with_nulls(table, schema, names) if missing else table
 
 
 def iter_batches(
@@ -121,9 +154,10 @@ def iter_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Stream a validated shard in record batches, so memory stays flat for big shards."""
     pf = _open(path)
-    check_schema(pf.schema_arrow, schema, what=str(path))
-    _check_version(pf.schema_arrow, path)
-    yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+    missing = _missing_fields(pf.schema_arrow, schema, path)
+    names = columns or schema.names
+    for batch in pf.iter_batches(batch_size=batch_size, columns=[n for n in names if n not in missing]):
+        yield _with_nulls(batch, schema, names) if missing else batch
 
 
 def _open(path: Path) -> pq.ParquetFile:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.schemas import SCHEMA_VERSION
-from storage.shards import SchemaError, ShardError, atomic_write
+from storage.shards import OLDEST_READABLE, SchemaError, ShardError, atomic_write
 
 KIND = "tokens"
 _META = b"crucible.tokens"
@@ -106,8 +106,10 @@ def open_token_shard(path: Path, tokenizer_hash: str | None = None) -> TokenShar
     meta_raw = (reader.schema.metadata or {}).get(_META)
     if batch is None or meta_raw is None or (reader.schema.metadata or {}).get(b"crucible.kind") != b"tokens":
         raise SchemaError(f"{path} is not a token shard")
-    if (reader.schema.metadata or {}).get(b"crucible.schema_version") != str(SCHEMA_VERSION).encode():
-        raise SchemaError(f"{path} was written with another schema version")
+    version = (reader.schema.metadata or {}).get(b"crucible.schema_version", b"").decode(errors="replace")
+    # The token shard layout is the same in every schema version so far.
+    if version not in {str(v) for v in range(OLDEST_READABLE, SCHEMA_VERSION + 1)}:
+        raise SchemaError(f"{path} was written with another schema version ({version or 'none'})")
     meta = json.loads(meta_raw)
     if tokenizer_hash is not None and meta["tokenizer_hash"] != tokenizer_hash:
         raise SchemaError(

@@ -10,7 +10,7 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from storage.cache import SHARD_POLICY
 from storage.layout import short_hash
 from storage.refs import ShardRef
-from tasks.isolate import Failure, run_isolated
+from tasks.isolate import Failure, Finished, run_isolated
 from tasks.scoring import CurateConfig, quality_threshold, score_shard_item, select_shard
 
 # Modules whose source decides what curation writes; their hash is part of the stage keys.
@@ -39,6 +39,8 @@ def score_shard_isolated(in_path: str, in_fingerprint: str, out_dir: str, cfg: C
     """Score one shard in a worker process (CPU-parallel across shards, and a crash costs one attempt)."""
     item = (in_path, in_fingerprint, out_dir, cfg)
     for event in run_isolated(score_shard_item, [item], timeout_s=SCORE_TIMEOUT_S, memory_mb=SCORE_MEMORY_MB):
+        if isinstance(event, Finished):
+            continue
         if isinstance(event, Failure):
             raise RuntimeError(f"scoring {in_path} failed: {event.reason}: {event.detail}")
         return event[1][0]

@@ -13,7 +13,7 @@ from storage.layout import short_hash
 from tasks.dedup_config import DedupConfig
 from tasks.dedup_sigs import SigRef, signature_shard, signature_view
 from tasks.dedup_stage import bucket_step, cluster_step, commit_step, filter_shard
-from tasks.isolate import Failure, run_isolated
+from tasks.isolate import Failure, Finished, run_isolated
 
 # Modules whose source decides what dedup writes; their hash is part of the stage keys.
 CODE_MODULES = (
@@ -53,6 +53,8 @@ def signature_shard_isolated(in_path: str, in_fingerprint: str, out_dir: str, cf
     for event in run_isolated(
         signature_item, [item], timeout_s=SIGNATURE_TIMEOUT_S, memory_mb=SIGNATURE_MEMORY_MB
     ):
+        if isinstance(event, Finished):
+            continue
         if isinstance(event, Failure):
             raise RuntimeError(f"signatures of {in_path} failed: {event.reason}: {event.detail}")
         return event[1][0]

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import resource
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,21 @@ class Failure:
     index: int
     reason: str
     detail: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of every item, done or failed: its wall time and the worker's peak memory so far."""
+
+    index: int
+    seconds: float
+    peak_rss_mb: float | None
+    """Peak resident memory of the worker process (None when it was killed or died)."""
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _limit_memory(memory_mb: int | None) -> None:
@@ -54,7 +70,7 @@ def _child(conn: Connection, fn: Callable[[Any], Iterable[Any]], memory_mb: int 
                     conn.send(("records", index, batch))
                     batch = []
             conn.send(("records", index, batch))
-            conn.send(("done", index, None))
+            conn.send(("done", index, _peak_rss_mb()))
         except MemoryError:
             conn.send(("failed", index, ("extract_out_of_memory", f"over the {memory_mb} MB worker cap")))
         except Exception as exc:  # an extractor bug must cost one file, not the whole group
@@ -109,25 +125,35 @@ def run_isolated(
     *,
     timeout_s: float,
     memory_mb: int | None = None,
-) -> Iterator[tuple[int, list[Any]] | Failure]:
-    """Yield `(index, records)` batches per item, or a Failure when an item times out, crashes or raises."""
+) -> Iterator[tuple[int, list[Any]] | Failure | Finished]:
+    """Yield `(index, records)` batches per item, a Failure when it times out, crashes or raises, then
+    its Finished."""
     _check_main()
     worker: _Worker | None = None
     try:
         for index, item in enumerate(items):
             worker = worker or _Worker(fn, memory_mb)
+            start = time.monotonic()
             worker.conn.send((index, item))
+            peak: float | None = None
             for event in _drain(worker, index, timeout_s):
+                if isinstance(event, float):
+                    peak = event
+                    continue
                 yield event
                 if isinstance(event, Failure) and event.reason in ("extract_timeout", "extract_crashed"):
                     worker = None
+            yield Finished(index, round(time.monotonic() - start, 3), peak)
     finally:
         if worker is not None:
             worker.stop()
 
 
-def _drain(worker: _Worker, index: int, timeout_s: float) -> Iterator[tuple[int, list[Any]] | Failure]:
-    """Receive one item's records until it is done, failed, silent for too long, or the child died."""
+def _drain(
+    worker: _Worker, index: int, timeout_s: float
+) -> Iterator[tuple[int, list[Any]] | Failure | float]:
+    """Receive one item's records until it is done (then the worker's peak RSS), failed, silent for too
+    long, or the child died."""
     received = 0
     while True:
         if not worker.conn.poll(timeout_s):
@@ -150,6 +176,7 @@ def _drain(worker: _Worker, index: int, timeout_s: float) -> Iterator[tuple[int,
             if payload:
                 yield index, payload
         elif kind == "done":
+            yield payload
             return
         else:
             yield Failure(index, *payload)

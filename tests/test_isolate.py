@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import time
 
-from tasks.isolate import Failure, run_isolated
+from tasks.isolate import Failure, Finished, run_isolated
 
 
 def _collect(fn: object, items: list, **kw: object) -> list:
-    """All events of a run, in order."""
-    return list(run_isolated(fn, items, **kw))  # type: ignore[arg-type]
+    """All events of a run but the Finished ones, in order."""
+    return [e for e in run_isolated(fn, items, **kw) if not isinstance(e, Finished)]  # type: ignore[arg-type]
+
+
+def test_every_item_ends_with_its_time_and_the_workers_peak_memory() -> None:
+    events = list(run_isolated(list, ["ab", ""], timeout_s=30))  # type: ignore[arg-type]
+    ends = [e for e in events if isinstance(e, Finished)]
+    assert [e.index for e in ends] == [0, 1]
+    assert all(0 <= e.seconds < 30 and e.peak_rss_mb is not None and 5 < e.peak_rss_mb < 2000 for e in ends)
+    killed = list(run_isolated(os._exit, [3], timeout_s=30))  # type: ignore[arg-type]
+    assert isinstance(killed[-1], Finished) and killed[-1].peak_rss_mb is None
 
 
 def test_records_stream_back_in_order() -> None:
