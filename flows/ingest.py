@@ -41,7 +41,15 @@ def _manifest(key: str, cfg: IngestConfig, inputs: list[str], refs: list[ShardRe
     manifest = stage_manifest(
         STAGE, key, code_version(*CODE_MODULES), None, cfg.model_dump(mode="json"), refs
     )
-    return {**manifest, "inputs": inputs}
+    # What the caps were measured against: the slowest input and the hungriest extraction worker.
+    seconds = [r.max_input_seconds for r in refs if r.max_input_seconds is not None]
+    rss = [r.peak_worker_rss_mb for r in refs if r.peak_worker_rss_mb is not None]
+    return {
+        **manifest,
+        "inputs": inputs,
+        "max_input_seconds": max(seconds, default=None),
+        "peak_worker_rss_mb": max(rss, default=None),
+    }
 
 
 def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
@@ -54,11 +62,15 @@ def _publish(manifest: dict[str, Any], out_dir: Path) -> None:
         key="ingest-drop-reasons", table=rows, description="Inputs dropped at ingest, by reason"
     )
     sources = ", ".join(f"{s}: {n}" for s, n in counts["per_source"].items()) or "none"
+    quirks = ", ".join(f"{q}: {n}" for q, n in counts["quirks"].items()) or "none"
     create_markdown_artifact(
         key="ingest-summary",
         markdown=(
             f"# Ingest\n\n- documents: **{counts['documents']}** ({sources})\n"
             f"- drops: **{counts['drops']}**\n"
+            f"- kept despite a writer quirk: {quirks}\n"
+            f"- slowest input: {manifest['max_input_seconds']} s; "
+            f"peak worker memory: {manifest['peak_worker_rss_mb']} MB\n"
             f"- shards: {len(manifest['shards'])}\n- output: `{out_dir}`\n"
         ),
         description="Ingest summary",

@@ -102,7 +102,31 @@ def _doc_examples(stage: Path, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def inspect_run(run_root: Path, stage: str, reason: str | None, n: int, docs: int) -> dict[str, Any]:
+def _named_inputs(path: Path, schema: pa.Schema) -> set[str]:
+    """Every input a shard's rows name (version-1 shards have no input_uri: their uri stands in)."""
+    table = read_shard(path, schema, columns=["uri", "input_uri"])
+    named = pc.coalesce(table["input_uri"], table["uri"])
+    return set(pc.unique(named).to_pylist())
+
+
+def unaccounted_inputs(stage: Path) -> dict[str, Any]:
+    """Inputs an ingest stage planned that no document and no drop row names (expected: none)."""
+    manifest = read_manifest(stage) or {}
+    if manifest.get("stage") != "ingest":
+        raise ValueError(f"--unaccounted reads an ingest stage; {stage} is a {manifest.get('stage')!r} stage")
+    missing: list[str] = []
+    planned = 0
+    for entry in manifest["shards"]:
+        named = _named_inputs(stage / entry["path"], DOCUMENT_SCHEMA)
+        named |= _named_inputs(stage / entry["drops_path"], DROP_SCHEMA)
+        planned += len(entry["inputs"])
+        missing += [uri for uri in entry["inputs"] if uri not in named]
+    return {"inputs": planned, "unaccounted": sorted(missing)}
+
+
+def inspect_run(
+    run_root: Path, stage: str, reason: str | None, n: int, docs: int, unaccounted: bool = False
+) -> dict[str, Any]:
     """Summarize the newest complete directory of a stage; optionally show drop and document examples."""
     dirs = find_stage_dirs(run_root, stage)
     if not dirs:
@@ -120,4 +144,6 @@ def inspect_run(run_root: Path, stage: str, reason: str | None, n: int, docs: in
         result["examples"] = examples(dirs[0], reason, n)
     if docs:
         result["documents"] = _doc_examples(dirs[0], docs)
+    if unaccounted:
+        result |= unaccounted_inputs(dirs[0])
     return result

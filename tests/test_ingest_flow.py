@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from conftest import task_runs, task_states
 from prefect.client.orchestration import get_client
@@ -20,6 +22,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import ingest_flow
+from flows.inspect_run import unaccounted_inputs
 from storage.layout import manifest_shards, read_manifest
 from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA
 from storage.shards import read_shard
@@ -127,6 +130,12 @@ def test_every_shared_pdf_and_warc_is_processed(prefect_api: str, shared_data: P
     warc = Counter(d["drop_reason"] for d in drops if d["source"] == "warc")
     assert warc["warc_malformed"] >= 3 and warc["warc_revisit_duplicate"] >= 1 and warc["warc_not_html"] >= 1
     assert summary["per_source"]["warc"] >= 70
+    # Every input is named by some row: the WARC holding only request records included.
+    walked = [*(shared_data / "pdf").rglob("*"), *(shared_data / "warc").rglob("*")]
+    files = {p.resolve().as_uri() for p in walked if p.is_file() and not p.name.startswith(".")}
+    named = {r["input_uri"] for r in [*docs, *drops]}
+    assert files <= named and None not in named
+    assert unaccounted_inputs(Path(summary["stage_dir"])) == {"inputs": len(files), "unaccounted": []}
 
 
 def _cli(args: list[str], api: str) -> subprocess.CompletedProcess[str]:
@@ -167,6 +176,32 @@ def test_cli_ingest_inspect_and_errors(prefect_api: str, tmp_path: Path) -> None
     assert errors == [
         f"crucible ingest: error: FileNotFoundError: input {str(tmp_path / 'nope')!r} does not exist"
     ]
+
+
+def test_inspect_unaccounted_lists_inputs_without_rows(prefect_api: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("A short note about the alpine lakes of the region and their water.")
+    (src / "b.docx").write_bytes(b"PK\x03\x04 not really")
+    (src / "c.jsonl").write_text('{"text": "First record about glaciers."}\nnot json\n')
+    summary, _ = _run([str(src)], tmp_path / "run")
+    assert summary["documents"] == 2 and summary["drops"] == 2
+    shown = _cli(["inspect", str(tmp_path / "run"), "--unaccounted"], prefect_api)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["unaccounted"] == [] and json.loads(shown.stdout)["inputs"] == 3
+    # Lose c.jsonl's rows (its document and its drop): the check names it and exits non-zero.
+    stage = Path(summary["stage_dir"])
+    lost = (src / "c.jsonl").resolve().as_uri()
+    removed = 0
+    for entry in read_manifest(stage)["shards"]:  # type: ignore[index]
+        for name, schema in ((entry["path"], DOCUMENT_SCHEMA), (entry["drops_path"], DROP_SCHEMA)):
+            table = read_shard(stage / name, schema)
+            kept = table.filter(pc.not_equal(table["input_uri"], lost))
+            removed += table.num_rows - kept.num_rows
+            pq.write_table(kept.replace_schema_metadata(schema.metadata), stage / name)
+    assert removed == 2
+    shown = _cli(["inspect", str(tmp_path / "run"), "--unaccounted"], prefect_api)
+    assert shown.returncode == 3 and json.loads(shown.stdout)["unaccounted"] == [lost]
 
 
 @pytest.fixture
