@@ -27,3 +27,15 @@ def cached_options(task_obj: Any, name: str, run_root: Path | str, out_dir: Path
     return task_obj.with_options(
         task_run_name=name, result_storage=result_store(run_root), refresh_cache=not complete
     )
+
+
+# Faults a second attempt can fix: I/O (a full disk freed, a flaky network file system, a dropped
+# connection), memory pressure from other work, a pipe closed from outside. Anything else is deterministic
+# (a bug, or an input the code cannot handle yet) and would fail the same way again: bad inputs are turned
+# into drop rows where they are read, so a retry of a whole group only repeats the failure.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, EOFError)
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry a task only after a transient fault, never a deterministic error."""
+    return isinstance(state.data, TRANSIENT_ERRORS)

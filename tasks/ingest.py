@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import task
 
-from storage.cache import SHARD_POLICY
+from storage.cache import SHARD_POLICY, retry_transient
 from storage.refs import ShardRef
 from storage.schemas import (
     DOCUMENT_SCHEMA,
@@ -171,4 +171,5 @@ ingest_group_task = task(
     cache_policy=SHARD_POLICY,
     persist_result=True,
     retries=1,
+    retry_condition_fn=retry_transient,
 )(ingest_group)

@@ -27,7 +27,7 @@ from storage.layout import manifest_shards, read_manifest
 from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA
 from storage.shards import read_shard
 from tasks.demo_corpus import build_demo_corpus
-from tasks.ingest import IngestConfig
+from tasks.ingest import IngestConfig, ingest_group_task
 
 
 def _run(
@@ -202,6 +202,33 @@ def test_inspect_unaccounted_lists_inputs_without_rows(prefect_api: str, tmp_pat
     assert removed == 2
     shown = _cli(["inspect", str(tmp_path / "run"), "--unaccounted"], prefect_api)
     assert shown.returncode == 3 and json.loads(shown.stdout)["unaccounted"] == [lost]
+
+
+def test_only_transient_faults_are_retried(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deterministic error would fail the same way again; an I/O fault may not.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("A short note about the alpine lakes of the region and their water.")
+    real, calls = ingest_group_task.fn, []
+
+    def failing(exc: Exception) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            calls.append(type(exc))
+            if calls.count(type(exc)) == 1:
+                raise exc
+            return real(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(ingest_group_task, "fn", failing(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        _run([str(src)], tmp_path / "run1")
+    assert calls == [ValueError]
+    monkeypatch.setattr(ingest_group_task, "fn", failing(OSError("a full disk")))
+    summary, states = _run([str(src)], tmp_path / "run2")
+    assert calls == [ValueError, OSError, OSError] and summary["documents"] == 1 and states == ["Completed"]
 
 
 @pytest.fixture
