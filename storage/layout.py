@@ -23,7 +23,9 @@ def canonical_json(obj: Any) -> str:
 
 def short_hash(obj: Any, n: int = 16) -> str:
     """A short hex digest of any JSON-able value."""
-    return hashlib.blake2b(canonical_json(obj).encode(), digest_size=16).hexdigest()[:n]
+    # surrogatepass: a file name with undecodable bytes hashes to its own key instead of raising.
+    data = canonical_json(obj).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()[:n]
 
 
 def code_version(*modules: str) -> str:
