@@ -18,7 +18,7 @@ from storage.refs import ShardRef
 from storage.remote import fetch_inputs, workspace
 from tasks.demo_corpus import resolve_inputs
 from tasks.ingest import CODE_MODULES, IngestConfig, ingest_group_task
-from tasks.inputs import InputGroup, discover, load_plan, plan_groups, save_plan
+from tasks.inputs import InputGroup, discover, load_plan, plan_groups, portable_spec, save_plan
 
 STAGE = "ingest"
 
@@ -113,6 +113,6 @@ def run_ingest(
 ) -> dict[str, Any]:
     """Run the ingest flow on `workers` threads (0: one per CPU) or a Dask cluster, remote inputs fetched."""
     with workspace(str(run_root)) as ws, stage_tags(STAGE):
-        local_inputs = fetch_inputs(inputs, Path(ws.root) / "inputs" / "remote")
+        local_inputs = [portable_spec(i) for i in fetch_inputs(inputs, Path(ws.root) / "inputs" / "remote")]
         runner = task_runner(workers, dask_address, spawns=True)
         return ingest_flow.with_options(task_runner=runner)(inputs=local_inputs, run_root=ws.root, config=cfg)

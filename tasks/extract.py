@@ -62,7 +62,11 @@ def extract_file(item: tuple[InputFile, IngestConfig]) -> Iterator[Document | Dr
     """Extract every document of one input file (runs inside the isolated worker)."""
     f, cfg = item
     path = Path(f.path)
-    if f.kind not in ("warc", "text") and f.size > cfg.max_file_bytes:
+    if f.error:  # found but not readable (a FIFO, a broken link, an I/O error): never opened
+        yield Drop(
+            uri=path.as_uri(), source=SOURCE_OF_KIND[f.kind], reason="input_unreadable", detail=f.error
+        )
+    elif f.kind not in ("warc", "text") and f.size > cfg.max_file_bytes:
         detail = f"{f.size} bytes is over max_file_bytes={cfg.max_file_bytes}"
         yield Drop(uri=path.as_uri(), source=SOURCE_OF_KIND[f.kind], reason="file_too_large", detail=detail)
     elif f.kind == "pdf":

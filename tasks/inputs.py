@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from storage.layout import short_hash
+from storage.schemas import clean_str
 from storage.shards import atomic_write, file_fingerprint
 from tasks.fetch import read_url_list
 
@@ -56,6 +60,9 @@ class InputFile(BaseModel):
     kind: str
     size: int
     fingerprint: str
+    error: str | None = None
+    """Why the file cannot be read (not a regular file, a broken link, an I/O error); extraction then
+    records it as `input_unreadable` without opening it."""
 
 
 class InputGroup(BaseModel):
@@ -80,10 +87,11 @@ class InputGroup(BaseModel):
 
     @property
     def label(self) -> str:
-        """A short human label for run names."""
+        """A short human label for run names (undecodable bytes of a file name shown as U+FFFD)."""
         if self.urls:
             return f"{len(self.urls)} urls"
-        first = Path(self.files[0].path).name
+        # Prefect's events are JSON: a name with a lone surrogate would fail to send every state change.
+        first = clean_str(Path(self.files[0].path).name)
         return first if len(self.files) == 1 else f"{first} +{len(self.files) - 1}"
 
 
@@ -96,37 +104,126 @@ def kind_of(path: Path) -> str:
     return "other"
 
 
-def _walk(root: Path) -> list[Path]:
-    """Regular files under a directory in a stable order, skipping hidden files and folders."""
-    found = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).parts
-        if p.is_file() and not any(part.startswith(".") for part in rel):
-            found.append(p)
-    return found
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files under a directory in a stable order (hidden ones skipped, linked folders followed once), and
+    the folders that could not be listed, with why."""
+    found: list[Path] = []
+    unlisted: list[tuple[Path, str]] = []
+    visited: set[tuple[int, int]] = set()
+
+    def failed(err: OSError) -> None:
+        unlisted.append((Path(err.filename), f"folder cannot be listed: {err.strerror or err}"))
+
+    for folder, subdirs, names in os.walk(root, onerror=failed, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            failed(exc)
+            subdirs[:] = []
+            continue
+        # A link back to an ancestor would loop forever; each real folder is read once.
+        if (st.st_dev, st.st_ino) in visited:
+            subdirs[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(Path(folder) / n for n in names if not n.startswith("."))
+    return sorted(found), unlisted
+
+
+def _unreadable(path: Path, error: str) -> InputFile:
+    """An input that cannot be read: kept in the plan so it ends as a drop, never silently skipped."""
+    kind = kind_of(path)
+    # A URL list that cannot be read has no URLs to fetch: it is a file drop like any other.
+    return InputFile(
+        path=str(path), kind="other" if kind == "urls" else kind, size=0,
+        fingerprint=f"unreadable:{error}", error=error,
+    )  # fmt: skip
+
+
+def _input_file(path: Path) -> InputFile:
+    """One file with its kind, size and fingerprint; or an unreadable input saying why."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # Never open a FIFO, socket or device: reading one can block forever or never end.
+            return _unreadable(path, f"not a regular file (mode {stat.filemode(st.st_mode)})")
+        return InputFile(
+            path=str(path), kind=kind_of(path), size=st.st_size, fingerprint=file_fingerprint(path)
+        )
+    except OSError as exc:
+        what = "broken link" if path.is_symlink() and not path.exists() else type(exc).__name__
+        return _unreadable(path, f"{what}: {exc.strerror or exc}")
+
+
+# A path whose name holds bytes that are not UTF-8 (Python carries them as lone surrogates) cannot travel
+# in JSON, so not as a Prefect flow parameter: it is passed percent-encoded behind this prefix instead.
+FS_BYTES = "fsbytes:"
+
+
+def portable_spec(spec: str) -> str:
+    """An input spec that survives JSON: unchanged, unless the path holds undecodable bytes."""
+    if clean_str(spec) == spec:
+        return spec
+    return FS_BYTES + urllib.parse.quote(os.fsencode(spec), safe="/")
+
+
+def local_spec(spec: str) -> str:
+    """The local path of a portable spec (the inverse of portable_spec)."""
+    if not spec.startswith(FS_BYTES):
+        return spec
+    return os.fsdecode(urllib.parse.unquote_to_bytes(spec.removeprefix(FS_BYTES)))
 
 
 def discover(specs: Iterable[str]) -> tuple[list[InputFile], list[str]]:
-    """Expand paths (files or folders) into fingerprinted input files, and collect URLs (inline or listed)."""
+    """Expand paths (files or folders) into fingerprinted input files, and collect URLs (inline or listed).
+
+    Every file found ends in the plan: one that cannot be read (a FIFO, a broken link, a file that vanished
+    or cannot be opened, a folder that cannot be listed) is kept with its error, to be recorded as a drop.
+    """
     files: dict[str, InputFile] = {}
     urls: list[str] = []
     for spec in specs:
         if URL_RE.match(spec):
             urls.append(spec)
             continue
-        path = Path(spec).expanduser()
+        path = Path(local_spec(spec)).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"input {spec!r} does not exist")
-        for p in _walk(path) if path.is_dir() else [path]:
-            resolved = str(p.resolve())
-            if kind_of(p) == "urls":
-                # A URL list is expanded here so its URLs are grouped and fetched like inline ones.
-                urls.extend(read_url_list(p))
-            elif resolved not in files:
-                files[resolved] = InputFile(
-                    path=resolved, kind=kind_of(p), size=p.stat().st_size, fingerprint=file_fingerprint(p)
-                )
+        found, unlisted = _walk(path) if path.is_dir() else ([path], [])
+        for folder, error in unlisted:
+            files.setdefault(str(folder.absolute()), _unreadable(folder.absolute(), error))
+        for p in found:
+            resolved = _resolved(p)
+            if resolved in files:
+                continue
+            if kind_of(p) != "urls":
+                files[resolved] = _input_file(Path(resolved))
+                continue
+            # A URL list is expanded here so its URLs are grouped and fetched like inline ones.
+            listed, error = _url_list(p)
+            urls.extend(listed)
+            if error:
+                files[resolved] = _unreadable(Path(resolved), error)
     return sorted(files.values(), key=lambda f: f.path), list(dict.fromkeys(urls))
+
+
+def _url_list(path: Path) -> tuple[list[str], str]:
+    """The URLs a list file holds, or none and why it cannot be read (it then becomes an unreadable input)."""
+    if not path.is_file():
+        return [], "not a regular file"
+    try:
+        return read_url_list(path), ""
+    except OSError as exc:
+        return [], f"URL list cannot be read: {type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _resolved(path: Path) -> str:
+    """The absolute path with links resolved where they can be (a broken or looping link stays as is)."""
+    try:
+        return str(path.resolve(strict=True))
+    except (OSError, RuntimeError):
+        return str(path.absolute())
 
 
 def _cut_after(name: str, mean: int) -> bool:

@@ -21,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.ingest import ingest_flow
+from flows.ingest import ingest_flow, run_ingest
 from flows.inspect_run import unaccounted_inputs
 from storage.layout import manifest_shards, read_manifest
 from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA
@@ -106,10 +106,16 @@ def test_unsupported_and_oversized_files_are_recorded(prefect_api: str, tmp_path
     (inputs / "notes.docx").write_bytes(b"PK\x03\x04 not really")
     (inputs / "big.html").write_text("<html><body>" + "<p>word</p>" * 5000 + "</body></html>")
     (inputs / ".hidden.txt").write_text("never read")
+    # Found but unreadable: never opened (a FIFO would block its reader), recorded with why.
+    os.mkfifo(inputs / "pipe.txt")
+    (inputs / "gone.pdf").symlink_to(tmp_path / "missing.pdf")
     cfg = IngestConfig(max_file_bytes=1000)
     summary, _ = _run([str(inputs)], tmp_path / "run", cfg)
     assert summary["documents"] == 0
-    assert summary["drop_reasons"] == {"file_too_large": 1, "unsupported_file_type": 1}
+    assert summary["drop_reasons"] == {"file_too_large": 1, "input_unreadable": 2, "unsupported_file_type": 1}
+    _, drops = _all_rows(Path(summary["stage_dir"]))
+    details = {Path(d["uri"]).name: d["detail"] for d in drops if d["drop_reason"] == "input_unreadable"}
+    assert details["pipe.txt"].startswith("not a regular file") and details["gone.pdf"].startswith("broken")
 
 
 @pytest.mark.slow
@@ -202,6 +208,28 @@ def test_inspect_unaccounted_lists_inputs_without_rows(prefect_api: str, tmp_pat
     assert removed == 2
     shown = _cli(["inspect", str(tmp_path / "run"), "--unaccounted"], prefect_api)
     assert shown.returncode == 3 and json.loads(shown.stdout)["unaccounted"] == [lost]
+
+
+def test_undecodable_file_and_folder_names(prefect_api: str, tmp_path: Path) -> None:
+    # Names with bytes that are not UTF-8 reach Python as lone surrogates, which JSON (Prefect's flow
+    # parameters, task-run events) cannot carry: the folder is passed percent-encoded, the run name cleaned.
+    folder = os.path.join(os.fsencode(tmp_path), b"in\xff")
+    os.mkdir(folder)
+    for name in (b"bad\xfe name.txt", b"ok.txt"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"A short note about the alpine lakes of the region and their cold water.")
+    summary = run_ingest([os.fsdecode(folder)], str(tmp_path / "run"), IngestConfig(), workers=1)
+    assert summary["documents"] == 2 and summary["drops"] == 0
+    stage = Path(summary["stage_dir"])
+    assert unaccounted_inputs(stage)["unaccounted"] == []
+    (run,) = _flow_runs(f"ingest {tmp_path / 'run'}")
+    assert [r.state.name for r in task_runs(run.id)] == ["Completed"]
+
+
+def _flow_runs(name: str) -> list[Any]:
+    """Flow runs of the session's server with this name."""
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
 
 
 def test_only_transient_faults_are_retried(

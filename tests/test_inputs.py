@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tasks.inputs import discover, kind_of, plan_groups
+from tasks.inputs import discover, kind_of, local_spec, plan_groups, portable_spec
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,42 @@ from tasks.inputs import discover, kind_of, plan_groups
 )
 def test_kind_of(name: str, kind: str) -> None:
     assert kind_of(Path(name)) == kind
+
+
+def test_unreadable_entries_stay_in_the_plan_with_their_error(tmp_path: Path) -> None:
+    # A FIFO would block a reader forever, a broken link has no bytes: both must end as drops, never
+    # vanish from the plan and never be opened. A linked folder is read once, a link back to an
+    # ancestor does not loop.
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "real" / "a.txt").write_text("alpha")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "b.txt").write_text("beta")
+    (src / "linked").symlink_to(tmp_path / "elsewhere")
+    (src / "real" / "loop").symlink_to(src)
+    (src / "gone.pdf").symlink_to(tmp_path / "missing.pdf")
+    os.mkfifo(src / "pipe.txt")
+    (src / "bad.urls").symlink_to(tmp_path / "missing.urls")
+    files, urls = discover([str(src)])
+    by_name = {Path(f.path).name: f for f in files}
+    assert sorted(by_name) == ["a.txt", "b.txt", "bad.urls", "gone.pdf", "pipe.txt"] and urls == []
+    assert by_name["a.txt"].error is None and by_name["b.txt"].error is None
+    assert by_name["b.txt"].path == str((tmp_path / "elsewhere" / "b.txt").resolve())
+    assert by_name["gone.pdf"].error.startswith("broken link") and by_name["gone.pdf"].kind == "pdf"
+    assert by_name["pipe.txt"].error.startswith("not a regular file") and by_name["pipe.txt"].size == 0
+    assert by_name["bad.urls"].kind == "other" and by_name["bad.urls"].error
+    assert len(plan_groups(files, urls, 32, 1 << 30, 500)) >= 1
+
+
+def test_a_path_with_undecodable_bytes_travels_as_a_portable_spec(tmp_path: Path) -> None:
+    folder = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"a%b\xff c"))
+    os.mkdir(folder)
+    (Path(folder) / "x.txt").write_text("text")
+    spec = portable_spec(folder)
+    assert spec.startswith("fsbytes:") and spec.encode("utf-8") and local_spec(spec) == folder
+    assert portable_spec(str(tmp_path)) == str(tmp_path) == local_spec(str(tmp_path))
+    (found,), _ = discover([spec])
+    assert found.path == str(Path(folder, "x.txt").resolve())
 
 
 def test_discover_walks_folders_expands_url_lists_and_fingerprints(tmp_path: Path) -> None:
