@@ -16,7 +16,7 @@ from typing import Any
 import pymupdf
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.schemas import Document, Drop, new_document
+from storage.schemas import Document, Drop, clean_str, new_document
 from tasks.pdf_layout import (
     Item,
     Page,
@@ -101,16 +101,20 @@ def _quiet_mupdf() -> Iterator[None]:
 
 
 def _warnings() -> list[str]:
-    """MuPDF's warnings since the last call, deduplicated in order and capped."""
-    lines = pymupdf.TOOLS.mupdf_warnings().splitlines()
+    """MuPDF's warnings since the last call, deduplicated in order, capped, and always encodable."""
+    # MuPDF quotes names from the file (a resource, a font) byte for byte; bytes that are not UTF-8 come
+    # back as lone surrogates, which no UTF-8 writer (Arrow, JSON files) accepts.
+    lines = clean_str(pymupdf.TOOLS.mupdf_warnings()).splitlines()
     return list(dict.fromkeys(line for line in lines if line.strip()))[:_MAX_WARNINGS]
 
 
-def _drop(uri: str, reason: str, detail: str, warnings: list[str] | None = None) -> Drop:
-    """A Drop for this PDF, with MuPDF's warnings appended to the detail when there are any."""
+def _drop(
+    uri: str, reason: str, detail: str, warnings: list[str] | None = None, page: int | None = None
+) -> Drop:
+    """A Drop for this PDF (about one page when `page` is given), MuPDF's warnings appended to the detail."""
     if warnings:
         detail = f"{detail} (MuPDF: {'; '.join(warnings)})"
-    return Drop(uri=uri, source="pdf", reason=reason, detail=detail)
+    return Drop(uri=uri, source="pdf", reason=reason, detail=detail, page=page)
 
 
 def _unlock(doc: pymupdf.Document, passwords: tuple[str, ...]) -> bool:
@@ -143,10 +147,19 @@ def _info(doc: pymupdf.Document) -> tuple[str | None, dict[str, Any]]:
     return (info.get("title") or "").strip() or None, meta
 
 
+def _open(path: Path) -> pymupdf.Document:
+    """Open a PDF file; one whose name is not UTF-8 is read into memory, as MuPDF takes only UTF-8 names."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:  # undecodable bytes in the name, carried as lone surrogates
+        return pymupdf.open(stream=path.read_bytes(), filetype="pdf")
+    return pymupdf.open(path, filetype="pdf")
+
+
 def _build(path: Path, uri: str, cfg: PdfConfig) -> Document | Drop:
     """Open, unlock and extract one PDF; every failure mode becomes a Drop."""
     try:
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = _open(path)
     except Exception as exc:  # MuPDF raises several types for files it cannot even repair
         return _drop(uri, "pdf_unreadable", f"MuPDF cannot open the file: {exc}", _warnings())
     with doc:
@@ -162,8 +175,8 @@ def _build(path: Path, uri: str, cfg: PdfConfig) -> Document | Drop:
             return _drop(uri, "pdf_no_pages", f"{how} has no pages", _warnings())
         result = _read_pages(doc, min(total, cfg.max_pages), cfg)
         if isinstance(result, int):
-            limit = cfg.time_limit_s
-            return _drop(uri, "pdf_timeout", f"stopped after {result} of {total} pages: over {limit} s")
+            detail = f"stopped after {result} of {total} pages: over {cfg.time_limit_s} s"
+            return _drop(uri, "pdf_timeout", detail, page=result + 1)
         title, meta = _info(doc)
         meta |= {"encrypted": encrypted, "repaired": doc.is_repaired, "pages_total": total}
     try:

@@ -5,7 +5,9 @@ each record is one document, keyed by its own id (`part="id:<id>"`) when it has 
 its line number (`part="line:<n>"`, 1-based).
 
 Drop reasons: unsupported_file_type, text_read_error, text_too_large, text_binary, text_empty,
-jsonl_bad_line, jsonl_missing_text, and text_extract_error for anything unexpected.
+jsonl_bad_line, jsonl_missing_text, extract_out_of_memory (a file, or one JSONL line, over the worker's
+memory cap), and text_extract_error for anything unexpected. Drops of JSONL lines carry the line number
+(`record_index`) and the byte offset of the line in the (decompressed) file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -43,6 +46,13 @@ _BOMS = (
 _C1_BYTES = re.compile(rb"[\x80-\x9f]")  # where cp1252 and latin-1 differ
 _SNIFF_BYTES = 8192  # where NUL bytes mean "binary", as git and grep judge it
 _JUNK = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
+# The isolated worker's reason for an input over its memory cap; a JSONL line over it costs only that line.
+OUT_OF_MEMORY = "extract_out_of_memory"
+_MEMORY_DETAIL = "extracting it needs more memory than the worker may use (worker_memory_mb)"
+# JSONL records nested deeper are bad lines: json.loads gives up at about 1000 levels, and pickle, which
+# sends records out of the isolated worker, at about 500, losing the whole batch of records with it.
+_MAX_DEPTH = 100
+_TOO_DEEP = f"nested deeper than {_MAX_DEPTH} levels"
 
 
 class TextConfig(BaseModel):
@@ -284,6 +294,32 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _parse_line(line: str) -> tuple[Any, str | None]:
+    """The JSON value of a line, or None and why it is not valid (or is too deeply nested) JSON."""
+    try:
+        value = json.loads(line, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return None, str(exc)
+    except RecursionError:  # not a ValueError: json gives up on nesting deeper than the stack
+        return None, _TOO_DEEP
+    # Counting brackets (strings' included) is cheap and rules out deep nesting for nearly every line.
+    if line.count("[") + line.count("{") > _MAX_DEPTH and _deeper_than(value, _MAX_DEPTH):
+        return None, _TOO_DEEP
+    return value, None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON containers nest more than `limit` levels deep (walked without recursion)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _record_part(
     record: dict[str, Any], line_no: int, seen: set[str], cfg: TextConfig
 ) -> tuple[str, str | None]:
@@ -301,10 +337,9 @@ def _jsonl_record(
 ) -> Document | Drop:
     """One JSONL line as a document, or the Drop that says why it is not one."""
     part = f"line:{line_no}"
-    try:
-        record = json.loads(line, parse_constant=_reject_constant)
-    except ValueError as exc:
-        return Drop(origin.uri, SOURCE, "jsonl_bad_line", f"line {line_no}: {exc}", part)
+    record, error = _parse_line(line)
+    if error is not None:
+        return Drop(origin.uri, SOURCE, "jsonl_bad_line", f"line {line_no}: {error}", part)
     if not isinstance(record, dict):
         detail = f"line {line_no}: expected a JSON object, got {type(record).__name__}"
         return Drop(origin.uri, SOURCE, "jsonl_bad_line", detail, part)
@@ -340,39 +375,94 @@ def _wide_encoding(stream: IO[bytes]) -> str | None:
     return None
 
 
-def _lines(stream: IO[bytes], cap: int) -> Iterator[tuple[int, str | None, str]]:
-    """(line number, text or None when longer than cap, encoding) for every line, reading at most cap+1."""
-    wide = _wide_encoding(stream)
-    reader: IO[Any] = io.TextIOWrapper(stream, encoding=wide) if wide else stream
-    newline = "\n" if wide else b"\n"
-    line_no = 0
+class _Line(NamedTuple):
+    """One line of a JSONL file and where it is."""
+
+    number: int
+    """Line number, from 1."""
+    offset: int | None
+    """Byte offset of the line's start in the (decompressed) file; None in UTF-16/32 files, read as text."""
+    size: int
+    """Bytes (or characters, read as text) the line takes, newline and any skipped over-long rest included."""
+    content: bytes | str | None
+    """The line (str when read as text), or None when it is longer than the cap."""
+
+    @property
+    def end(self) -> int | None:
+        """Byte offset where the next line starts."""
+        return None if self.offset is None else self.offset + self.size
+
+
+def _skip_rest(reader: IO[Any], newline: bytes | str) -> int:
+    """Read past the rest of an over-long line without holding it; the number of units skipped."""
+    skipped = 0
+    while rest := reader.readline(1 << 20):
+        skipped += len(rest)
+        if rest.endswith(newline):
+            break
+    return skipped
+
+
+def _lines(reader: IO[Any], cap: int, text: bool) -> Iterator[_Line]:
+    """Every line of a byte (or, with `text`, str) reader, holding at most cap+1 units of any line."""
+    newline = "\n" if text else b"\n"
+    number, offset = 0, 0
     while line := reader.readline(cap + 1):
-        line_no += 1
-        if len(line) > cap and not line.endswith(newline):
-            while (rest := reader.readline(1 << 20)) and not rest.endswith(newline):
-                pass  # skip the rest of an over-long line without holding it
-            yield line_no, None, ""
-        elif wide:
-            yield line_no, normalize_newlines(line), wide
-        else:
-            yield line_no, *decode_text(line)
+        number += 1
+        size = len(line)
+        content: bytes | str | None = line
+        if size > cap and not line.endswith(newline):
+            size += _skip_rest(reader, newline)
+            content = None
+        yield _Line(number, None if text else offset, size, content)
+        offset += size
+
+
+def _line_record(
+    line: _Line, wide: str | None, origin: _Origin, cfg: TextConfig, seen: set[str]
+) -> Document | Drop | None:
+    """The document or drop of one JSONL line (None for a blank line, which holds no record)."""
+    n = line.number
+    if line.content is None:
+        detail = f"line {n} is over max_doc_bytes={cfg.max_doc_bytes}"
+        return Drop(origin.uri, SOURCE, "text_too_large", detail, f"line:{n}")
+    if isinstance(line.content, str):
+        text, encoding = normalize_newlines(line.content), wide or ""
+    else:
+        text, encoding = decode_text(line.content)
+    if not text.strip():
+        return None
+    try:
+        return _jsonl_record(text, encoding, n, origin, cfg, seen)
+    except MemoryError:  # within max_doc_bytes, but its objects are not within the worker's memory cap
+        return Drop(origin.uri, SOURCE, OUT_OF_MEMORY, f"line {n}: {_MEMORY_DETAIL}", f"line:{n}")
+
+
+def _placed(record: Document | Drop | None, line: _Line) -> Document | Drop | None:
+    """A line's drop with its line number and byte offset filled in (documents keep theirs in meta)."""
+    if isinstance(record, Drop):
+        return replace(record, record_index=line.number, offset=line.offset)
+    return record
 
 
 def _jsonl_documents(path: Path, origin: _Origin, cfg: TextConfig) -> Iterator[Document | Drop]:
     """Every line of a (gzipped) JSONL file as a Document or Drop; a read error ends the file with a Drop."""
     seen: set[str] = set()
-    line_no = 0
+    last = _Line(0, 0, 0, None)  # a failure before the first line is at line 1, byte 0
     try:
         with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb") as f:
-            for line_no, line, encoding in _lines(f, cfg.max_doc_bytes):
-                if line is None:
-                    detail = f"line {line_no} is over max_doc_bytes={cfg.max_doc_bytes}"
-                    yield Drop(origin.uri, SOURCE, "text_too_large", detail, f"line:{line_no}")
-                elif line.strip():  # blank lines separate nothing and hold no record
-                    yield _jsonl_record(line, encoding, line_no, origin, cfg, seen)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        detail = f"read failed after line {line_no}: {type(exc).__name__}: {exc}"
-        yield Drop(origin.uri, SOURCE, "text_read_error", detail, f"line:{line_no + 1}")
+            wide = _wide_encoding(f)
+            # "replace": one broken UTF-16 unit (a lone surrogate) must cost its line at most, not the file.
+            reader: IO[Any] = io.TextIOWrapper(f, encoding=wide, errors="replace") if wide else f
+            for last in _lines(reader, cfg.max_doc_bytes, text=wide is not None):
+                if record := _placed(_line_record(last, wide, origin, cfg, seen), last):
+                    yield record
+    except (OSError, EOFError, zlib.error) as exc:
+        n = last.number + 1
+        detail = f"read failed after line {last.number}: {type(exc).__name__}: {exc}"
+        yield Drop(
+            origin.uri, SOURCE, "text_read_error", detail, f"line:{n}", record_index=n, offset=last.end
+        )
 
 
 # --- Entry point ------------------------------------------------------------------------------------
@@ -404,5 +494,7 @@ def extract_text_file(path: Path, cfg: TextConfig) -> Iterator[Document | Drop]:
             yield from [result] if isinstance(result, Drop) else result
     except (OSError, EOFError, zlib.error) as exc:
         yield Drop(uri, SOURCE, "text_read_error", f"{type(exc).__name__}: {exc}")
+    except MemoryError:
+        yield Drop(uri, SOURCE, OUT_OF_MEMORY, _MEMORY_DETAIL)
     except Exception as exc:  # the contract: bad input is a Drop, never an exception out of here
         yield Drop(uri, SOURCE, "text_extract_error", f"{type(exc).__name__}: {exc}")

@@ -81,6 +81,28 @@ def manual_page(n: int, total: int) -> list[tuple[float, float, str]]:
     return spec
 
 
+def write_undecodable_warning_pdf(path: Path) -> Path:
+    """A one-page PDF whose content stream names a missing image with raw bytes 0xE9 0xFF in its name.
+
+    MuPDF warns "cannot find XObject resource" quoting the name byte for byte, so its warnings carry
+    bytes that are not UTF-8 (as lone surrogates), as with fuzzed files from PDF-renderer test suites.
+    """
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_text(
+        (72, 100), "The text of this page is fine; an image it names is missing.", fontname="helv"
+    )
+    xref = page.get_contents()[0]
+    doc.update_stream(xref, doc.xref_stream(xref) + b"\n/Im\xe9\xff Do\n")
+    doc.save(path)
+    return path
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether the string holds lone surrogates (undecodable bytes), which UTF-8 cannot encode."""
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
 @pytest.fixture
 def manual(tmp_path: Path) -> Path:
     """A 5-page two-column 'manual' with headers, footers and hyphenation."""
@@ -222,7 +244,8 @@ def test_soft_time_limit_gives_pdf_timeout(manual: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(pdf_module, "time", Clock)
     drop = drop_of(manual, PdfConfig(time_limit_s=120))
     assert drop.reason == "pdf_timeout"
-    assert "of 5 pages" in drop.detail
+    assert drop.detail.startswith("stopped after 2 of 5 pages")
+    assert drop.page == 3  # the page it stopped at
 
 
 def test_image_only_page_flagged_for_ocr(tmp_path: Path) -> None:
@@ -259,6 +282,31 @@ def test_bad_files_become_drops(tmp_path: Path) -> None:
         assert drop.reason == "pdf_unreadable", (name, drop)
         assert drop.uri == (tmp_path / name).resolve().as_uri() and drop.source == "pdf"
     assert "not a PDF" in drop_of(tmp_path / "image.pdf").detail
+
+
+def test_mupdf_warnings_with_undecodable_bytes_become_encodable(tmp_path: Path) -> None:
+    path = write_undecodable_warning_pdf(tmp_path / "fuzzed.pdf")
+    pymupdf.TOOLS.reset_mupdf_warnings()
+    with pymupdf.open(path) as raw:
+        raw[0].get_text()
+    assert has_surrogates(pymupdf.TOOLS.mupdf_warnings())  # the file really provokes such warnings
+    doc = doc_of(path)
+    assert doc.text == "The text of this page is fine; an image it names is missing."
+    warnings = doc.meta["mupdf_warnings"]
+    assert "syntax error: cannot find XObject resource 'Im\ufffd\ufffd'" in warnings
+    assert not has_surrogates(json.dumps(doc.meta, ensure_ascii=False))
+    json.dumps(doc.meta, ensure_ascii=False).encode("utf-8")  # strict UTF-8, as every writer needs
+
+
+def test_pdf_with_a_non_utf8_file_name_is_read(manual: Path, tmp_path: Path) -> None:
+    # MuPDF takes file names as UTF-8 only; a name with an undecodable byte must not make a good file a drop.
+    raw_name = os.path.join(os.fsencode(tmp_path), b"caf\xe9 manual.pdf")
+    with open(raw_name, "wb") as f:
+        f.write(manual.read_bytes())
+    path = Path(os.fsdecode(raw_name))
+    doc = doc_of(path)
+    assert doc.uri == path.resolve().as_uri() and doc.uri.endswith("/caf%E9%20manual.pdf")
+    assert doc.text == doc_of(manual).text
 
 
 def test_truncated_generated_pdf_is_repaired(manual: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import codecs
 import gzip
 import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -301,6 +303,137 @@ def test_truncated_jsonl_gz_keeps_good_lines_and_reports(tmp_path: Path) -> None
     assert all(isinstance(r, Document) for r in records[:-1]) and len(records) > 10
     assert records[-1].reason == "text_read_error"
     assert records[-1].detail.startswith(f"read failed after line {len(records) - 1}: ")
+
+
+def _line_starts(data: bytes) -> list[int]:
+    """The byte offset of every line's start."""
+    return [0, *(i + 1 for i, b in enumerate(data) if b == ord("\n"))]
+
+
+def test_jsonl_drops_carry_line_number_and_byte_offset(tmp_path: Path) -> None:
+    lines = ['{"text": "Grüße, first"}', "{bad", "", '{"id": "x"}', '{"text": "' + "y" * 300 + '"}', "[]"]
+    data = ("\n".join(lines) + "\n").encode()
+    for path in (tmp_path / "plain.jsonl", tmp_path / "packed.jsonl.gz"):
+        path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+        records = run(path, TextConfig(max_doc_bytes=200))
+        assert reasons(records) == [
+            "doc",
+            "jsonl_bad_line",
+            "jsonl_missing_text",
+            "text_too_large",
+            "jsonl_bad_line",
+        ]
+        drops = [r for r in records if isinstance(r, Drop)]
+        assert [d.record_index for d in drops] == [2, 4, 5, 6]
+        # Offsets count bytes of the (decompressed) stream, past the two-byte "ü" and the skipped long line.
+        assert [d.offset for d in drops] == [_line_starts(data)[i - 1] for i in (2, 4, 5, 6)]
+        assert all(data[d.offset :].startswith(lines[d.record_index - 1].encode()) for d in drops)
+        assert drops_table(drops).column("record_index").to_pylist() == [2, 4, 5, 6]
+
+
+def test_utf16_jsonl_drops_have_line_numbers_and_no_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "wide.jsonl"
+    path.write_bytes(codecs.BOM_UTF16_LE + '{"text": "a"}\n{oops\n'.encode("utf-16-le"))
+    _, bad = run(path)
+    assert (bad.reason, bad.record_index, bad.offset) == ("jsonl_bad_line", 2, None)
+
+
+def test_broken_utf16_unit_costs_its_line_not_the_file(tmp_path: Path) -> None:
+    # A lone high surrogate (0xD800) in the middle of line 2: strict UTF-16 decoding raises on it.
+    body = '{"text": "one"}\n{"text": "the second'.encode("utf-16-le") + b"\x00\xd8"
+    body += ' line, a long one"}\n{"text": "three"}\n'.encode("utf-16-le")
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(codecs.BOM_UTF16_LE + body)
+    records = run(path)
+    assert reasons(records) == ["doc", "doc", "doc"]
+    assert [r.text for r in records] == ["one", "the second\ufffd line, a long one", "three"]
+
+
+def test_deeply_nested_jsonl_line_is_one_bad_line(tmp_path: Path) -> None:
+    # json raises RecursionError (not a ValueError) on deep nesting; it must not end the file.
+    head = '{"text": "before"}\n'
+    path = tmp_path / "deep.jsonl"
+    path.write_text(head + "[" * 100_000 + '\n{"text": "' + "{" * 50 + '"}\n' + '{"a":' * 5000 + "\n")
+    records = run(path)
+    assert reasons(records) == ["doc", "jsonl_bad_line", "doc", "jsonl_bad_line"]
+    deep = records[1]
+    assert deep.record_index == 2 and deep.offset == len(head) and deep.id == doc_id(deep.uri, "line:2")
+    assert deep.detail == "line 2: nested deeper than 100 levels"
+    assert records[2].text == "{" * 50 and records[3].record_index == 4
+
+
+def test_jsonl_record_too_deep_to_send_is_a_bad_line(tmp_path: Path) -> None:
+    # json.loads parses 600 levels, but pickle (records leave the isolated worker pickled) stops near 500.
+    # The record is one level, its list of lists n more.
+    lines = ['{"a": ' + "[" * n + "]" * n + f', "text": "depth {n + 1}"}}' for n in (99, 100, 600)]
+    path = tmp_path / "deep.jsonl"
+    brackets = '"' + "[" * 200 + '"'  # a string: brackets, but no nesting
+    path.write_text("\n".join([*lines, '{"text": "null next"}', "null", brackets]) + "\n")
+    records = run(path)
+    assert reasons(records) == [
+        "doc",
+        "jsonl_bad_line",
+        "jsonl_bad_line",
+        "doc",
+        "jsonl_bad_line",
+        "jsonl_bad_line",
+    ]
+    assert records[0].text == "depth 100"
+    assert records[0].meta["record"]["a"] == json.loads("[" * 99 + "]" * 99)
+    assert [r.detail for r in records[1:3]] == [f"line {n}: nested deeper than 100 levels" for n in (2, 3)]
+    assert records[4].detail == "line 5: expected a JSON object, got NoneType"
+    assert records[5].detail == "line 6: expected a JSON object, got str"
+
+
+# Runs the extractor in a process whose address space may grow only `budget` MB past its size at start, as
+# the isolated worker's cap does (set relative to the start, so the libraries' own reservations don't count).
+_CAPPED_RUN = """
+import resource, sys
+from pathlib import Path
+from tasks.text import TextConfig, extract_text_file
+start = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (start + int(sys.argv[2]) * 2**20, hard))
+for r in extract_text_file(Path(sys.argv[1]), TextConfig()):
+    print(getattr(r, "reason", "doc"), getattr(r, "record_index", None), getattr(r, "offset", None))
+"""
+
+
+def _capped_reasons(path: Path, budget_mb: int) -> list[str]:
+    """Lines of "reason record_index offset" from extracting a file under a memory cap."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CAPPED_RUN, str(path), str(budget_mb)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/statm").exists(), reason="needs Linux /proc to set a relative memory cap"
+)
+def test_jsonl_line_over_the_memory_cap_costs_only_that_line(tmp_path: Path) -> None:
+    # 12 MB of empty objects: within max_doc_bytes, but parsed they need ~330 MB.
+    good = b'{"text": "a good line"}\n'
+    path = tmp_path / "dense.jsonl"
+    path.write_bytes(good + b'{"text": "x", "a": [' + b"{}," * 4_000_000 + b"{}]}\n" + good)
+    assert _capped_reasons(path, 150) == [
+        "doc None None",
+        f"extract_out_of_memory 2 {len(good)}",
+        "doc None None",
+    ]
+    words = tmp_path / "words.txt"  # hashing a text of short words takes ~14 times its size
+    words.write_bytes(b"word " * 4_000_000)
+    assert _capped_reasons(words, 150) == ["extract_out_of_memory None None"]
+
+
+def test_read_error_names_the_line_and_offset_where_reading_failed(tmp_path: Path) -> None:
+    data = b"".join(b'{"text": "line %d here"}\n' % i for i in range(2000))
+    packed = gzip.compress(data)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    *docs, error = run(path)
+    assert error.reason == "text_read_error" and error.record_index == len(docs) + 1
+    assert error.offset == _line_starts(data)[len(docs)]
 
 
 # --- single-document files ------------------------------------------------------------------------------
