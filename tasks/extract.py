@@ -47,7 +47,8 @@ class IngestConfig(BaseModel):
     file_timeout_s: float = 300.0
     """Hard limit: a worker silent for this long is killed and the file recorded as extract_timeout."""
     worker_memory_mb: int = 6144
-    """Address-space cap of each extraction worker; a file that needs more is extract_out_of_memory."""
+    """Address space each extraction worker may add to what it starts with (its imports and thread stacks
+    are not counted); a file that needs more is extract_out_of_memory."""
     max_file_bytes: int = 1 << 30
     """Single-document files (PDF, HTML, text) larger than this are recorded as file_too_large, unopened."""
     group_files: int = 32

@@ -15,6 +15,7 @@ from storage.refs import ShardRef
 from storage.schemas import (
     DOCUMENT_SCHEMA,
     DROP_SCHEMA,
+    UNWRITABLE,
     Document,
     Drop,
     storable_documents,
@@ -24,7 +25,7 @@ from storage.shards import ShardWriter, file_fingerprint, write_shard
 from tasks.extract import SOURCE_OF_KIND, IngestConfig, extract_file
 from tasks.fetch import fetch_urls
 from tasks.inputs import InputGroup
-from tasks.isolate import Failure, Finished, run_isolated
+from tasks.isolate import Failure, Finished, Lost, run_isolated
 
 # Modules whose source decides what ingest writes; their hash is part of the stage key.
 CODE_MODULES = (
@@ -86,10 +87,11 @@ def _records(group: InputGroup, cfg: IngestConfig, tally: _Tally) -> Iterator[tu
     ):
         if isinstance(event, Finished):
             tally.finished(event)
-        elif isinstance(event, Failure):
-            kind = group.files[event.index].kind
-            uri = inputs[event.index]
-            yield uri, Drop(uri=uri, source=SOURCE_OF_KIND[kind], reason=event.reason, detail=event.detail)
+        elif isinstance(event, Failure | Lost):
+            # A whole file that failed, or one of its records that could not leave the worker.
+            reason = event.reason if isinstance(event, Failure) else UNWRITABLE
+            source, uri = SOURCE_OF_KIND[group.files[event.index].kind], inputs[event.index]
+            yield uri, Drop(uri=uri, source=source, reason=reason, detail=event.detail)
         else:
             index, batch = event
             for record in batch:

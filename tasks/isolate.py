@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
 import resource
 import sys
 import time
@@ -47,14 +48,56 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@dataclass(frozen=True)
+class Lost:
+    """One record the worker produced but could not send (it does not pickle); the item goes on."""
+
+    index: int
+    detail: str
+
+
+def _address_space() -> int:
+    """This process's current virtual memory size in bytes (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _limit_memory(memory_mb: int | None) -> None:
-    """Cap the child's address space so a runaway parse fails with MemoryError, not the OOM killer."""
+    """Cap the child's address space so a runaway parse fails with MemoryError, not the OOM killer.
+
+    The cap is what the child may add to the address space it starts with: a forkserver child inherits
+    hundreds of MB of mappings (thread stacks, malloc arena reservations) that grow over a long run, so an
+    absolute cap would leave less room for the file as the run goes on.
+    """
     if memory_mb:
-        limit = memory_mb * 1024 * 1024
+        limit = _address_space() + memory_mb * 1024 * 1024
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+# What pickling a record can raise: a record too deep, an object that cannot be pickled.
+_UNSENDABLE = (pickle.PicklingError, RecursionError, TypeError, AttributeError, ValueError)
+
+
+def _send(conn: Connection, index: int, batch: list[Any]) -> None:
+    """Send a batch of records; when it does not pickle, send them one by one and report the lost ones."""
+    try:
+        conn.send(("records", index, batch))
+        return
+    except _UNSENDABLE:  # pickled in full before anything is written, so the pipe is still clean
+        pass
+    for record in batch:
+        try:
+            conn.send(("records", index, [record]))
+        except _UNSENDABLE as exc:
+            conn.send(
+                ("lost", index, f"{type(record).__name__} could not be sent: {type(exc).__name__}: {exc}")
+            )
 
 
 def _child(conn: Connection, fn: Callable[[Any], Iterable[Any]], memory_mb: int | None) -> None:
@@ -67,9 +110,9 @@ def _child(conn: Connection, fn: Callable[[Any], Iterable[Any]], memory_mb: int 
             for record in fn(item):
                 batch.append(record)
                 if len(batch) >= BATCH:
-                    conn.send(("records", index, batch))
+                    _send(conn, index, batch)
                     batch = []
-            conn.send(("records", index, batch))
+            _send(conn, index, batch)
             conn.send(("done", index, _peak_rss_mb()))
         except MemoryError:
             conn.send(("failed", index, ("extract_out_of_memory", f"over the {memory_mb} MB worker cap")))
@@ -125,9 +168,9 @@ def run_isolated(
     *,
     timeout_s: float,
     memory_mb: int | None = None,
-) -> Iterator[tuple[int, list[Any]] | Failure | Finished]:
-    """Yield `(index, records)` batches per item, a Failure when it times out, crashes or raises, then
-    its Finished."""
+) -> Iterator[tuple[int, list[Any]] | Failure | Lost | Finished]:
+    """Yield `(index, records)` batches per item, a Lost per record that could not be sent, a Failure
+    when the item times out, crashes or raises, then its Finished."""
     _check_main()
     worker: _Worker | None = None
     try:
@@ -151,7 +194,7 @@ def run_isolated(
 
 def _drain(
     worker: _Worker, index: int, timeout_s: float
-) -> Iterator[tuple[int, list[Any]] | Failure | float]:
+) -> Iterator[tuple[int, list[Any]] | Failure | Lost | float]:
     """Receive one item's records until it is done (then the worker's peak RSS), failed, silent for too
     long, or the child died."""
     received = 0
@@ -175,6 +218,8 @@ def _drain(
             received += len(payload)
             if payload:
                 yield index, payload
+        elif kind == "lost":
+            yield Lost(index, payload)
         elif kind == "done":
             yield payload
             return

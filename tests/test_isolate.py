@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from tasks.isolate import Failure, Finished, run_isolated
+from tasks.isolate import Failure, Finished, Lost, run_isolated
 
 
 def _collect(fn: object, items: list, **kw: object) -> list:
@@ -20,6 +20,49 @@ def test_every_item_ends_with_its_time_and_the_workers_peak_memory() -> None:
     assert all(0 <= e.seconds < 30 and e.peak_rss_mb is not None and 5 < e.peak_rss_mb < 2000 for e in ends)
     killed = list(run_isolated(os._exit, [3], timeout_s=30))  # type: ignore[arg-type]
     assert isinstance(killed[-1], Finished) and killed[-1].peak_rss_mb is None
+
+
+def unsendable_records(n: int) -> list[object]:
+    """Records of which the second (a lambda) and the fourth (nested too deep) do not pickle."""
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    return [n, lambda: 0, n + 1, deep, n + 2]
+
+
+def test_a_record_that_does_not_pickle_is_lost_alone() -> None:
+    # Pickling fails before anything is written, so the batch is resent record by record.
+    events = _collect(unsendable_records, [10], timeout_s=30)
+    assert [e for e in events if isinstance(e, tuple)] == [(0, [10]), (0, [11]), (0, [12])]
+    lost = [e for e in events if isinstance(e, Lost)]
+    assert [e.index for e in lost] == [0, 0]
+    assert "function could not be sent" in lost[0].detail and "RecursionError" in lost[1].detail
+
+
+def allocated(n: int) -> list[int]:
+    """Allocate and touch n bytes; one record: their count."""
+    block = bytearray(n)
+    return [len(block)]
+
+
+def test_the_memory_cap_counts_from_the_workers_start() -> None:
+    # A forkserver child can start with hundreds of MB mapped (thread stacks, malloc arenas) and that
+    # grows over a long run; the cap is what it may add. Here 1 GB is mapped before the cap is set.
+    import subprocess
+    import sys
+
+    code = (
+        "import mmap; from tasks.isolate import _limit_memory\n"
+        "held = mmap.mmap(-1, 1 << 30, prot=mmap.PROT_READ)\n"
+        "_limit_memory(512)\n"
+        "block = bytearray(400 << 20)\n"
+        "try:\n    bytearray(200 << 20)\nexcept MemoryError:\n    print('capped')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "capped", done.stderr[-500:]
+    events = _collect(allocated, [100 << 20, 8 << 30], timeout_s=30, memory_mb=512)
+    assert events[0] == (0, [100 << 20])
+    assert [e.reason for e in events[1:]] == ["extract_out_of_memory"]
 
 
 def test_records_stream_back_in_order() -> None:
