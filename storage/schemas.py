@@ -130,10 +130,31 @@ def _clean_opt(value: str | None) -> str | None:
     return None if value is None else clean_str(value)
 
 
-def normalize_for_hash(text: str) -> str:
-    """Normalize text so trivially different copies (case, spacing, NFKC forms) hash alike."""
+# Texts longer than this are normalized in pieces: split() holds a str object per word, ~14x the text's
+# size for short words, so a 64 MB document would need ~900 MB just to be hashed.
+_HASH_PIECE = 1 << 20
+_WHITESPACE = re.compile(r"\s")  # the same characters as str.isspace(), so as str.split()
+
+
+def _normalize_piece(text: str) -> str:
+    """NFKC, casefold and collapse whitespace runs to one space."""
     # str.split() with no argument splits on any Unicode whitespace run; ~3x faster than a regex here.
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def normalize_for_hash(text: str, piece: int = _HASH_PIECE) -> str:
+    """Normalize text so trivially different copies (case, spacing, NFKC forms) hash alike."""
+    if len(text) <= piece:
+        return _normalize_piece(text)
+    # Cut only before a whitespace character: a starter that composes with nothing before it, so NFKC,
+    # casefold and the split give the same result piece by piece as on the whole text.
+    parts, start = [], 0
+    while start < len(text):
+        cut = _WHITESPACE.search(text, start + piece)
+        end = cut.start() if cut else len(text)
+        parts.append(_normalize_piece(text[start:end]))
+        start = end
+    return " ".join(p for p in parts if p)
 
 
 def content_hash(text: str) -> str:

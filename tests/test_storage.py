@@ -6,15 +6,28 @@ import os
 import signal
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage.layout import code_version, manifest_shards, read_manifest, stage_key, write_manifest
-from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA, Drop, documents_table, new_document
-from storage.shards import SchemaError, ShardError, ShardWriter, read_shard, write_shard
+from storage.schemas import (
+    DOCUMENT_SCHEMA,
+    DROP_SCHEMA,
+    Document,
+    Drop,
+    documents_table,
+    new_document,
+    normalize_for_hash,
+    storable_documents,
+    storable_drops,
+)
+from storage.shards import SchemaError, ShardError, ShardWriter, iter_batches, read_shard, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,3 +161,69 @@ def test_stage_key_depends_on_config_upstream_and_code() -> None:
         == 4
     )
     assert code_version("storage.schemas") != code_version("storage.shards")
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    st.text(st.sampled_from(" \t\n\u00a0\u2000\u3000\u0085aBßﬁ\u0301e\u0308Σς\u0130\u200b①\ufb01x")),
+    st.integers(1, 8),
+)
+def test_long_texts_normalize_piece_by_piece_exactly_as_whole(text: str, piece: int) -> None:
+    # Hashing a 64 MB document in one go held ~14x its size in word objects; pieces cut before a
+    # whitespace character must give byte-identical normalized text (so identical content hashes).
+    assert normalize_for_hash(text, piece) == normalize_for_hash(text, len(text) + 1)
+
+
+def test_content_hash_of_a_long_text_is_the_hash_of_its_whole_normalization() -> None:
+    text = "Ein Wort, ein ANDERES\u00a0Wort ﬁnal. " * 200_000
+    assert len(text) > 2 * (1 << 20)
+    assert normalize_for_hash(text) == " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def test_rows_with_lone_surrogates_are_stored_with_replacement_characters(tmp_path: Path) -> None:
+    # MuPDF warnings and file names carry undecodable bytes as lone surrogates, which UTF-8 cannot hold.
+    doc = new_document(
+        "body \udcff text", source="pdf", uri="file:///x/a\udcfe.pdf", title="T\ud800",
+        meta={"mupdf_warnings": ["bad name 'Im\udce9'"]},
+    )  # fmt: skip
+    drop = Drop("file:///x/b\udcff.pdf", "pdf", "pdf_unreadable", "MuPDF: \udc80", input_uri="file:///\udcff")
+    table, unwritable = storable_documents([doc])
+    assert unwritable == [] and table["text"][0].as_py() == "body \ufffd text"
+    assert "\ufffd" in table["meta_json"][0].as_py() and table["title"][0].as_py() == "T\ufffd"
+    assert storable_drops([drop])["detail"][0].as_py() == "MuPDF: \ufffd"
+    # Distinct undecodable names keep distinct ids.
+    assert doc.id != new_document("x", source="pdf", uri="file:///x/a\udcfd.pdf").id
+
+
+def test_a_record_arrow_refuses_becomes_a_drop_and_the_rest_are_stored() -> None:
+    good = new_document("fine", source="text", uri="file:///x/good.txt")
+    # A value out of the column's range: the batch conversion fails, then only this record is dropped.
+    bad = new_document("also fine", source="text", uri="file:///x/bad.txt", fetched_at=None)
+    bad = Document(**{**bad.__dict__, "lang_score": "not a number", "input_uri": "file:///x/bad.txt"})
+    table, unwritable = storable_documents([good, bad, good])
+    assert table["id"].to_pylist() == [good.id, good.id]
+    (drop,) = unwritable
+    assert drop.reason == "record_unwritable" and drop.id == bad.id and drop.input_uri == "file:///x/bad.txt"
+    assert "could not be stored" in drop.detail
+    odd = Drop("file:///x/c.txt", "text", "text_empty", "x", offset=1 << 70)  # beyond int64
+    (row,) = storable_drops([odd, Drop("file:///x/d.txt", "text", "text_empty")]).to_pylist()[:1]
+    assert row["drop_reason"] == "record_unwritable" and "text_empty" in row["detail"]
+
+
+def test_a_version_1_shard_still_reads_with_the_new_columns_null(tmp_path: Path) -> None:
+    old_fields = [f for f in DROP_SCHEMA if f.name not in ("input_uri", "offset", "record_index", "page")]
+    meta = {**DROP_SCHEMA.metadata, b"crucible.schema_version": b"1"}
+    v1 = pa.schema(old_fields, metadata=meta)
+    rows = [{"id": "a", "uri": "file:///x", "source": "pdf", "drop_reason": "pdf_encrypted", "detail": ""}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=v1), tmp_path / "old.drops.parquet")
+    table = read_shard(tmp_path / "old.drops.parquet", DROP_SCHEMA)
+    assert table.schema.names == DROP_SCHEMA.names and table["input_uri"].to_pylist() == [None]
+    assert read_shard(tmp_path / "old.drops.parquet", DROP_SCHEMA, columns=["page", "id"]).to_pylist() == [
+        {"page": None, "id": "a"}
+    ]
+    (batch,) = iter_batches(tmp_path / "old.drops.parquet", DROP_SCHEMA)
+    assert batch.schema.names == DROP_SCHEMA.names and batch.num_rows == 1
+    # A field a version-1 shard lacks that is required now is refused, naming it.
+    pq.write_table(pa.table({"id": ["a"]}).replace_schema_metadata(meta), tmp_path / "bad.parquet")
+    with pytest.raises(SchemaError, match="missing fields"):
+        read_shard(tmp_path / "bad.parquet", DROP_SCHEMA)
