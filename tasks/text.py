@@ -449,6 +449,7 @@ def _jsonl_documents(path: Path, origin: _Origin, cfg: TextConfig) -> Iterator[D
     """Every line of a (gzipped) JSONL file as a Document or Drop; a read error ends the file with a Drop."""
     seen: set[str] = set()
     last = _Line(0, 0, 0, None)  # a failure before the first line is at line 1, byte 0
+    records = 0
     try:
         with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb") as f:
             wide = _wide_encoding(f)
@@ -456,6 +457,7 @@ def _jsonl_documents(path: Path, origin: _Origin, cfg: TextConfig) -> Iterator[D
             reader: IO[Any] = io.TextIOWrapper(f, encoding=wide, errors="replace") if wide else f
             for last in _lines(reader, cfg.max_doc_bytes, text=wide is not None):
                 if record := _placed(_line_record(last, wide, origin, cfg, seen), last):
+                    records += 1
                     yield record
     except (OSError, EOFError, zlib.error) as exc:
         n = last.number + 1
@@ -463,6 +465,10 @@ def _jsonl_documents(path: Path, origin: _Origin, cfg: TextConfig) -> Iterator[D
         yield Drop(
             origin.uri, SOURCE, "text_read_error", detail, f"line:{n}", record_index=n, offset=last.end
         )
+        return
+    if not records:  # empty, blank lines only, or a bare BOM: the file says so, like an empty .txt
+        detail = f"no records: {last.number} line(s), none with anything but whitespace"
+        yield Drop(origin.uri, SOURCE, "text_empty", detail)
 
 
 # --- Entry point ------------------------------------------------------------------------------------

@@ -177,7 +177,9 @@ def _binary_kind(raw: bytes) -> str | None:
 _HEAD_END = re.compile(r"</head\s*>|<body[\s>]", re.I)
 _TAG = re.compile(r"<(title|link|meta|html)\b([^>]*)>", re.I)
 _TITLE_END = re.compile(r"</title\s*>", re.I)
-_ATTR = re.compile(r"""([a-zA-Z_:][-\w:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
+# A name starts only where no name character precedes it, and is never given back (possessive): without
+# both, a 40,000-character attribute name without "=" is retried from every position inside it, O(n^2).
+_ATTR = re.compile(r"""(?<![-\w:.])([a-zA-Z_:][-\w:.]*+)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
 # The head of real pages fits well within this; bounding it keeps a missing </head> cheap.
 _HEAD_MAX_CHARS = 200_000
 

@@ -769,3 +769,20 @@ def test_archive_without_content_records(shared_data: Path, tmp_path: Path) -> N
     assert isinstance(drop, Drop) and drop.reason == "warc_no_content_records"
     assert drop.detail == "4 records, none with content: metadata 1, request 2, warcinfo 1"
     assert drop.uri == path.resolve().as_uri() and drop.record_index is None
+
+
+def test_a_lying_length_is_a_drop_not_a_flood_on_stderr(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    # warcio prints the whole line after a record whose length lies: megabytes of binary per damaged record.
+    path = tmp_path / "lie.warc"
+    with path.open("wb") as fh:
+        w = WARCWriter(fh, gzip=False)
+        record(w, 1, "http://a.test/one", PAGE.format(title="One", body=LONG).encode())
+        record(w, 2, "http://a.test/two", PAGE.format(title="Two", body=LONG).encode())
+    data = path.read_bytes()
+    length = re.search(rb"Content-Length: (\d+)", data)
+    assert length is not None
+    short = b"Content-Length: %d" % (int(length.group(1)) - 20)  # the first record claims 20 bytes less
+    path.write_bytes(data.replace(length.group(0), short, 1))
+    outcomes = run(path)
+    assert any(isinstance(o, Drop) and o.reason in ("warc_malformed", "warc_truncated") for o in outcomes)
+    assert capfd.readouterr().err == ""

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from storage.schemas import Document, Drop, doc_id
-from tasks.web import HtmlConfig, decode_html, extract_html, extract_html_file
+from tasks.web import HtmlConfig, _page_meta, decode_html, extract_html, extract_html_file
 
 CFG = HtmlConfig()
 
@@ -361,3 +361,14 @@ def test_quality_floor_on_trafilatura_eval(shared_data: Path) -> None:
     assert score.recall >= 0.93
     assert score.noise <= 0.10
     assert score.empty <= 3
+
+
+def test_a_long_attribute_name_in_the_head_costs_linear_time() -> None:
+    # Found by the fuzzer: a 40,000-character attribute name without "=" took 15 s (quadratic backtracking).
+    import time
+
+    head = "<html><head><meta " + "x" * 40_000 + '><title>Kept</title><meta name="og:url" content="/u">'
+    start = time.perf_counter()
+    meta = _page_meta(head + "</head><body></body></html>")
+    assert time.perf_counter() - start < 0.5
+    assert meta == {"title": "Kept", "og_url": "/u"}
