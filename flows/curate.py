@@ -122,7 +122,8 @@ def _manifest(
     """The stage manifest, plus documents in and the quality threshold applied."""
     code = code_version(*CODE_MODULES)
     manifest = stage_manifest(STAGE, key, code, str(upstream), cfg.model_dump(mode="json"), refs)
-    manifest["counts"]["documents_in"] = sum(r.rows for r in scored)
+    # Rows scoring could not use (unreadable, or a step raised) are in the sidecars as drops, not scored.
+    manifest["counts"]["documents_in"] = sum(r.rows + r.drops for r in scored)
     return {**manifest, "quality_threshold": threshold}
 
 

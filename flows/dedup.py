@@ -119,7 +119,8 @@ def _publish(manifest: dict[str, Any], out_dir: Path, clusters: list[dict[str, A
             f"# Dedup\n\n- documents in: **{dedup['documents']}** (index: {dedup['indexed_documents']})\n"
             f"- kept: **{manifest['counts']['documents']}**\n- exact duplicates: **{dedup['dup_exact']}**\n"
             f"- near duplicates: **{dedup['dup_minhash']}** ({dedup['candidate_pairs']} candidate pairs, "
-            f"{dedup['links_rejected']} rejected by verification)\n- output: `{out_dir}`\n"
+            f"{dedup['links_rejected']} rejected by verification)\n"
+            f"- unusable rows dropped: {dedup.get('unusable', 0)}\n- output: `{out_dir}`\n"
         ),
         description="Dedup summary",
     )

@@ -36,10 +36,10 @@ def _scored_examples(stage: Path, reason: str, n: int) -> list[dict[str, Any]]:
         docs = read_shard(Path(entry["inputs"][0]), DOCUMENT_SCHEMA, columns=["id", "uri", "title", "text"])
         by_id = {d["id"]: d for d in docs.filter(pc.is_in(docs["id"], hits["id"])).to_pylist()}
         for row in hits.to_pylist():
-            doc = by_id[row["id"]]
-            out.append(
-                {**doc, "text": doc["text"][:500], "drop_reason": reason, "signals": dict(row["signals"])}
-            )
+            # A row scoring could not use (unreadable, or a step raised) has no scored document or signals.
+            doc = by_id.get(row["id"], {"id": row["id"], "uri": None, "title": None, "text": ""})
+            signals = dict(row["signals"]) if row["signals"] is not None else None
+            out.append({**doc, "text": doc["text"][:500], "drop_reason": reason, "signals": signals})
         if len(out) >= n:
             break
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from tasks.tokenizer import load, special_ids, tokenizer_hash
 
 STAGE = "tokens"
 CODE_MODULES = (
+    "storage.rows",
     "storage.schemas",
     "storage.shards",
     "storage.tokens",
@@ -97,10 +99,12 @@ def _manifest(
     key: str, cfg: TokenizeConfig, upstream: Path, tok: dict[str, Any], refs: list[TokenShardRef]
 ) -> dict[str, Any]:
     """Stage manifest: tokenizer, every shard with its counts, and totals per split."""
-    counts = {
+    counts: dict[str, Any] = {
         s: {"documents": sum(r.documents[s] for r in refs), "tokens": sum(r.tokens[s] for r in refs)}
         for s in SPLITS
     }
+    # Rows that could not be tokenized (unreadable); each shard's <stem>.drops.parquet names them.
+    counts["dropped"] = dict(sorted(sum((Counter(r.dropped) for r in refs), Counter()).items()))
     return {
         "stage": STAGE,
         "key": key,
@@ -159,6 +163,7 @@ def tokenize_flow(
                 f"- {s}: **{counts[s]['tokens']:,}** tokens in {counts[s]['documents']:,} documents\n"
                 for s in SPLITS
             )
+            + f"- documents dropped as unusable: {sum(counts['dropped'].values())}\n"
             + f"- output: `{out}`\n"
         ),
         description="Tokenization summary",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 # Keys on the task's inputs (which carry input fingerprints, the config and the stage directory, itself keyed
@@ -39,3 +40,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, EOFEr
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry a task only after a transient fault, never a deterministic error."""
     return isinstance(state.data, TRANSIENT_ERRORS)
+
+
+def stage_task(fn: Any, name: str, cache_policy: Any = SHARD_POLICY, retries: int = 1, **options: Any) -> Any:
+    """A data-stage Prefect task: cached, its result persisted, retried only after a transient fault."""
+    return task(
+        name=name,
+        cache_policy=cache_policy,
+        persist_result=True,
+        retries=retries,
+        retry_condition_fn=retry_transient,
+        **options,
+    )(fn)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from storage.cache import SHARD_POLICY
+from storage.cache import stage_task
 from storage.layout import short_hash
 from storage.refs import ShardRef
-from tasks.isolate import Failure, Finished, run_isolated
+from tasks.isolate import run_one_isolated
 from tasks.scoring import CurateConfig, quality_threshold, score_shard_item, select_shard
 
 # Modules whose source decides what curation writes; their hash is part of the stage keys.
 CODE_MODULES = (
+    "storage.rows",
     "storage.schemas",
     "storage.shards",
     "tasks.curate",
@@ -38,13 +38,9 @@ SCORE_MEMORY_MB = 8192
 def score_shard_isolated(in_path: str, in_fingerprint: str, out_dir: str, cfg: CurateConfig) -> ShardRef:
     """Score one shard in a worker process (CPU-parallel across shards, and a crash costs one attempt)."""
     item = (in_path, in_fingerprint, out_dir, cfg)
-    for event in run_isolated(score_shard_item, [item], timeout_s=SCORE_TIMEOUT_S, memory_mb=SCORE_MEMORY_MB):
-        if isinstance(event, Finished):
-            continue
-        if isinstance(event, Failure):
-            raise RuntimeError(f"scoring {in_path} failed: {event.reason}: {event.detail}")
-        return event[1][0]
-    raise RuntimeError(f"scoring {in_path} returned nothing")
+    return run_one_isolated(
+        score_shard_item, item, f"scoring {in_path}", timeout_s=SCORE_TIMEOUT_S, memory_mb=SCORE_MEMORY_MB
+    )
 
 
 def _scoring_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -57,12 +53,6 @@ def _scoring_key(context: Any, parameters: dict[str, Any]) -> str:
 # Thresholds are not in the key, so re-thresholding hits the cache and never re-runs fastText or heuristics.
 SCORE_POLICY = CacheKeyFnPolicy(cache_key_fn=_scoring_key) + TASK_SOURCE
 
-score_shard_task = task(name="curate-score", cache_policy=SCORE_POLICY, persist_result=True, retries=1)(
-    score_shard_isolated
-)
-select_shard_task = task(name="curate-select", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
-    select_shard
-)
-quality_threshold_task = task(
-    name="curate-quality-threshold", cache_policy=SHARD_POLICY, persist_result=True
-)(quality_threshold)
+score_shard_task = stage_task(score_shard_isolated, "curate-score", SCORE_POLICY)
+select_shard_task = stage_task(select_shard, "curate-select")
+quality_threshold_task = stage_task(quality_threshold, "curate-quality-threshold", retries=0)

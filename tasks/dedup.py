@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from storage.cache import SHARD_POLICY
+from storage.cache import stage_task
 from storage.layout import short_hash
 from tasks.dedup_config import DedupConfig
 from tasks.dedup_sigs import SigRef, signature_shard, signature_view
 from tasks.dedup_stage import bucket_step, cluster_step, commit_step, filter_shard
-from tasks.isolate import Failure, Finished, run_isolated
+from tasks.isolate import run_one_isolated
 
 # Modules whose source decides what dedup writes; their hash is part of the stage keys.
 CODE_MODULES = (
+    "storage.rows",
     "storage.schemas",
     "storage.shards",
     "tasks.dedup",
@@ -31,6 +31,7 @@ CODE_MODULES = (
 )
 # The subset that decides signature files: their folder is keyed by it, so unrelated changes reuse them.
 SIGNATURE_MODULES = (
+    "storage.rows",
     "storage.schemas",
     "storage.shards",
     "tasks.dedup_sigs",
@@ -50,15 +51,10 @@ def signature_item(item: tuple[str, str, str, DedupConfig]) -> Iterator[SigRef]:
 def signature_shard_isolated(in_path: str, in_fingerprint: str, out_dir: str, cfg: DedupConfig) -> SigRef:
     """Compute one shard's signatures in a worker process (CPU-parallel; a crash costs one attempt)."""
     item = (in_path, in_fingerprint, out_dir, cfg)
-    for event in run_isolated(
-        signature_item, [item], timeout_s=SIGNATURE_TIMEOUT_S, memory_mb=SIGNATURE_MEMORY_MB
-    ):
-        if isinstance(event, Finished):
-            continue
-        if isinstance(event, Failure):
-            raise RuntimeError(f"signatures of {in_path} failed: {event.reason}: {event.detail}")
-        return event[1][0]
-    raise RuntimeError(f"signatures of {in_path} returned nothing")
+    what = f"signatures of {in_path}"
+    return run_one_isolated(
+        signature_item, item, what, timeout_s=SIGNATURE_TIMEOUT_S, memory_mb=SIGNATURE_MEMORY_MB
+    )
 
 
 def _signature_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -70,24 +66,10 @@ def _signature_key(context: Any, parameters: dict[str, Any]) -> str:
 # Keyed on content: a shard that reappears unchanged in a later upstream stage reuses its signatures.
 SIGNATURE_POLICY = CacheKeyFnPolicy(cache_key_fn=_signature_key) + TASK_SOURCE
 
-signature_task = task(name="dedup-signatures", cache_policy=SIGNATURE_POLICY, persist_result=True, retries=1)(
-    signature_shard_isolated
-)
-bucket_task = task(name="dedup-buckets", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
-    bucket_step
-)
-cluster_task = task(name="dedup-cluster", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
-    cluster_step
-)
-filter_task = task(name="dedup-filter", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
-    filter_shard
-)
+signature_task = stage_task(signature_shard_isolated, "dedup-signatures", SIGNATURE_POLICY)
+bucket_task = stage_task(bucket_step, "dedup-buckets")
+cluster_task = stage_task(cluster_step, "dedup-cluster")
+filter_task = stage_task(filter_shard, "dedup-filter")
 # Committing is idempotent (a run replaces its own part). Cached like the rest, so an unchanged rerun
 # commits nothing; the flow refreshes it when the part is gone.
-commit_task = task(
-    name="dedup-index-commit",
-    cache_policy=SHARD_POLICY,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=5,
-)(commit_step)
+commit_task = stage_task(commit_step, "dedup-index-commit", retries=2, retry_delay_seconds=5)

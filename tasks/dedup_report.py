@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage.rows import valid_batches
 from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA
 from storage.shards import read_shard
 from tasks.dedup_config import DUP_EXACT, DUP_MINHASH
@@ -24,17 +25,23 @@ def _removed(out_dir: Path, shard_paths: list[str]) -> pa.Table:
         for p in shard_paths
     ]
     table = pa.concat_tables(tables) if tables else DEDUP_SCHEMA.empty_table()
-    return table.filter(pc.is_valid(table.column("drop_reason")))
+    # Only duplicates name a kept document; unusable rows are dropped with a reason but for no document.
+    return table.filter(
+        pc.and_(pc.is_valid(table.column("kept_id")), pc.is_valid(table.column("drop_reason")))
+    )
 
 
 def _describe(shard_paths: list[str], ids: set[str]) -> dict[str, tuple[str, str]]:
     """(uri, title) of the wanted ids found in the input shards."""
     found: dict[str, tuple[str, str]] = {}
+    wanted = pa.array(sorted(ids), pa.string())
     for path in shard_paths:
-        docs = read_shard(Path(path), DOCUMENT_SCHEMA, ["id", "uri", "title"])
-        docs = docs.filter(pc.is_in(docs.column("id"), pa.array(sorted(ids), pa.string())))
-        for row in docs.to_pylist():
-            found[row["id"]] = (row["uri"] or "", row["title"] or "")
+        for checked in valid_batches(
+            Path(path), DOCUMENT_SCHEMA, columns=["id", "uri", "title"], max_bytes=None
+        ):
+            docs = checked.batch.filter(pc.is_in(checked.batch.column("id"), wanted))
+            for row in docs.to_pylist():
+                found[row["id"]] = (row["uri"] or "", row["title"] or "")
     return found
 
 

@@ -6,10 +6,13 @@ in the index wins (it was published by an earlier run), then the longest text (c
 lowest id. Exact-hash groups collapse to their best document; (verified) LSH pairs then link groups, and
 each removed document points at the kept document it duplicates (`resolution`: star or component). The
 result depends only on the documents, never on the number of workers or the order of the shards.
+Rows that are not usable documents (listed by their signature files) keep their place and their reason but
+join no exact group and no link, so they never cluster and never displace a document.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +21,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from storage.schemas import DEDUP_SCHEMA
-from storage.shards import ShardError, atomic_write
+from storage.rows import valid_batches
+from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA
+from storage.shards import SchemaError, ShardError, atomic_write
 from tasks.dedup_config import DUP_EXACT, DUP_MINHASH, DedupConfig
 from tasks.dedup_sigs import SigRef, read_signatures
 from tasks.minhash import candidate_pairs, clusters
 from tasks.shingles import batch_shingles
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,13 @@ class Corpus:
     files: list[str]
     runs: list[tuple[int, int]]
     """[start, stop) of each signature file's documents."""
+    dropped: np.ndarray
+    """Per row, the reason it is not a usable document (its signature file says so), or None."""
+
+    @property
+    def unusable(self) -> np.ndarray:
+        """Mask of the rows that are not usable documents."""
+        return np.not_equal(self.dropped, None)
 
 
 def load_corpus(refs: list[SigRef], index: pa.Table, cfg: DedupConfig) -> Corpus:
@@ -54,8 +66,10 @@ def load_corpus(refs: list[SigRef], index: pa.Table, cfg: DedupConfig) -> Corpus
     files = sorted(set(index.column("shard").to_pylist()))
     location = [np.searchsorted(files, index.column("shard").to_numpy(zero_copy_only=False))]
     rows, runs, start = [np.full(index.num_rows, -1)], [], index.num_rows
+    dropped = [np.full(index.num_rows, None, dtype=object)]
     for ref in refs:
         sig = read_signatures(ref, cfg)
+        dropped.append(sig.dropped)
         keys.append(sig.band_keys)
         ids.append(sig.ids)
         hashes.append(sig.content_hash)
@@ -77,6 +91,7 @@ def load_corpus(refs: list[SigRef], index: pa.Table, cfg: DedupConfig) -> Corpus
         row=np.concatenate(rows).astype(np.int64),
         files=files,
         runs=runs,
+        dropped=np.concatenate(dropped),
     )
 
 
@@ -127,13 +142,16 @@ def _group_best(groups: np.ndarray, rank: np.ndarray, order: np.ndarray) -> np.n
 
 
 def _texts(corpus: Corpus, docs: np.ndarray) -> dict[int, str | None]:
-    """Texts of the given documents, streamed file by file (None when an index document's file is gone)."""
+    """Texts of the given documents, streamed file by file (None when an index document's file is gone or
+    can no longer be read: verification then keeps the LSH verdict)."""
     out: dict[int, str | None] = {int(d): None for d in docs}
     for loc in np.unique(corpus.location[docs]):
         mine = docs[corpus.location[docs] == loc]
         path = Path(corpus.files[loc])
-        if path.exists():
-            out.update(_read_texts(path, corpus, mine))
+        try:
+            out.update(_read_texts(path, corpus, mine) if path.exists() else {})
+        except (ShardError, SchemaError, pa.ArrowException) as exc:
+            logger.warning("dedup: texts of %s are unavailable for verification: %s", path, exc)
     return out
 
 
@@ -146,15 +164,14 @@ def _read_texts(path: Path, corpus: Corpus, mine: np.ndarray) -> dict[int, str]:
         else {corpus.ids[int(d)].as_py(): int(d) for d in mine}
     )
     found: dict[int, str] = {}
-    offset = 0
-    # Batches keep memory to one row group of text, not the whole shard.
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1000, columns=["id", "text"]):
-        keys = range(offset, offset + batch.num_rows) if by_row else batch.column("id").to_pylist()
+    # Batches keep memory to one row group of text, not the whole shard; unusable rows are never wanted.
+    for checked in valid_batches(path, DOCUMENT_SCHEMA, 1000, columns=["id", "text"], max_bytes=None):
+        batch = checked.batch
+        keys = checked.rows().tolist() if by_row else batch.column("id").to_pylist()
         hits = [(k, j) for j, k in enumerate(keys) if k in wanted]
         if hits:
             texts = batch.column("text").take(pa.array([j for _, j in hits])).to_pylist()
             found.update((wanted[k], t) for (k, _), t in zip(hits, texts, strict=True))
-        offset += batch.num_rows
     return found
 
 
@@ -196,6 +213,7 @@ def _links(corpus: Corpus, pairs: np.ndarray, rep: np.ndarray) -> np.ndarray:
     """Candidate pairs moved onto exact-group representatives: unique, ordered, never within one group."""
     links = np.sort(rep[pairs], axis=1)
     links = links[(links[:, 0] != links[:, 1]) & ~(corpus.indexed[links].all(axis=1))]
+    links = links[~corpus.unusable[links].any(axis=1)]
     return np.unique(links, axis=0) if links.size else links.reshape(0, 2)
 
 
@@ -244,6 +262,9 @@ def resolve(corpus: Corpus, pairs: np.ndarray, cfg: DedupConfig) -> Decisions:
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     codes = pc.dictionary_encode(corpus.content_hash).indices.to_numpy().astype(np.int64)
+    unusable = corpus.unusable
+    # An unusable row is an exact group of its own (their placeholder hashes are all equal).
+    codes[unusable] = n + np.arange(int(unusable.sum()))
     rep = _group_best(codes, rank, order) if cfg.exact else np.arange(n)
     links = _links(corpus, pairs, rep) if cfg.near else np.empty((0, 2), dtype=np.int64)
     sims, sets = _verify(corpus, links, cfg)
@@ -263,6 +284,7 @@ def resolve(corpus: Corpus, pairs: np.ndarray, cfg: DedupConfig) -> Decisions:
     removed = keeper != np.arange(n)
     reason[removed & same_text] = DUP_EXACT
     reason[removed & ~same_text] = DUP_MINHASH
+    reason[unusable] = corpus.dropped[unusable]
     similarity = np.where(removed & same_text, 1.0, np.nan)
     for i in np.flatnonzero(removed & ~same_text).tolist():
         similarity[i] = _similarity(sets.get(int(rep[i])), sets.get(int(keeper[i])))
@@ -312,5 +334,6 @@ def summary(decisions: Decisions, corpus: Corpus) -> dict[str, Any]:
         "indexed_documents": int(corpus.indexed.sum()),
         DUP_EXACT: int((reasons == DUP_EXACT).sum()),
         DUP_MINHASH: int((reasons == DUP_MINHASH).sum()),
+        "unusable": int((corpus.unusable & mine).sum()),
         **decisions.stats,
     }

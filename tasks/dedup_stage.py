@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.refs import ShardRef
+from storage.rows import CheckedBatch, valid_batches
 from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA, INDEX_SCHEMA
-from storage.shards import ShardWriter, file_fingerprint, iter_batches, read_shard, write_shard
+from storage.shards import ShardWriter, file_fingerprint, read_shard, write_shard
 from tasks.dedup_config import DedupConfig
 from tasks.dedup_index import commit, load_parts
 from tasks.dedup_resolve import (
@@ -67,6 +68,21 @@ def cluster_step(
     return {**summary(decisions, corpus), "seconds": seconds, "sidecars": sidecars}
 
 
+def _kept_rows(
+    checked: CheckedBatch, ids: pa.ChunkedArray, reasons: list[str | None], in_path: str
+) -> pa.Table:
+    """The rows of one checked batch that the sidecar keeps, after checking the batch matches it."""
+    rows = checked.rows()
+    if rows.size and not checked.batch.column("id").equals(ids.take(pa.array(rows)).combine_chunks()):
+        raise ValueError(f"{in_path} no longer matches its dedup sidecar (rows differ)")
+    # An unusable row must have been dropped for it by the signatures (they check rows the same way).
+    if any(reasons[b.row] is None for b in checked.bad):
+        raise ValueError(f"{in_path} has unusable rows its dedup sidecar keeps")
+    return pa.Table.from_batches([checked.batch]).filter(
+        pa.array([reasons[i] is None for i in rows], pa.bool_())
+    )
+
+
 def filter_shard(
     in_path: str, in_fingerprint: str, sidecar_fingerprint: str, out_dir: str, batch_size: int
 ) -> ShardRef:
@@ -79,30 +95,29 @@ def filter_shard(
     if file_fingerprint(out / sidecar_name(name)) != sidecar_fingerprint:
         raise ValueError(f"{out / sidecar_name(name)} changed while this run was filtering")
     decisions = read_shard(out / sidecar_name(name), DEDUP_SCHEMA, columns=["id", "drop_reason"])
-    keep = pc.is_null(decisions.column("drop_reason")).combine_chunks()
-    offset, per_source = 0, Counter[str]()
+    reasons = decisions.column("drop_reason").to_pylist()
+    rows, per_source = 0, Counter[str]()
     with ShardWriter(out / name, DOCUMENT_SCHEMA) as writer:
-        for batch in iter_batches(Path(in_path), DOCUMENT_SCHEMA, batch_size):
-            expected = decisions.column("id").slice(offset, batch.num_rows)
-            if not batch.column("id").equals(expected.combine_chunks()):
-                raise ValueError(f"{in_path} no longer matches its dedup sidecar (rows differ)")
-            kept = pa.Table.from_batches([batch]).filter(keep.slice(offset, batch.num_rows))
-            offset += batch.num_rows
+        for checked in valid_batches(Path(in_path), DOCUMENT_SCHEMA, batch_size):
+            rows += checked.size
+            if rows > decisions.num_rows:
+                break
+            kept = _kept_rows(checked, decisions.column("id"), reasons, in_path)
             per_source.update(kept.column("source").to_pylist())
             writer.write(kept)
-    if offset != decisions.num_rows:
-        raise ValueError(f"{in_path} has {offset} rows, its dedup sidecar {decisions.num_rows}")
-    reasons = Counter(r for r in decisions.column("drop_reason").to_pylist() if r)
+    if rows != decisions.num_rows:
+        raise ValueError(f"{in_path} does not have the {decisions.num_rows} rows of its dedup sidecar")
+    counts = Counter(r for r in reasons if r)
     return ShardRef(
         path=name,
         rows=writer.rows,
         bytes=(out / name).stat().st_size,
         fingerprint=file_fingerprint(out / name),
         drops_path=sidecar_name(name),
-        drops=sum(reasons.values()),
+        drops=sum(counts.values()),
         inputs=[in_path],
         per_source=dict(sorted(per_source.items())),
-        drop_reasons=dict(sorted(reasons.items())),
+        drop_reasons=dict(sorted(counts.items())),
         seconds=round(time.perf_counter() - start, 3),
     )
 

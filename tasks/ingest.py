@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prefect import task
-
-from storage.cache import SHARD_POLICY, retry_transient
+from storage.cache import stage_task
 from storage.refs import ShardRef
 from storage.schemas import (
     DOCUMENT_SCHEMA,
@@ -168,10 +166,4 @@ def ingest_group(group: InputGroup, cfg: IngestConfig, out_dir: str) -> ShardRef
     )
 
 
-ingest_group_task = task(
-    name="ingest-group",
-    cache_policy=SHARD_POLICY,
-    persist_result=True,
-    retries=1,
-    retry_condition_fn=retry_transient,
-)(ingest_group)
+ingest_group_task = stage_task(ingest_group, "ingest-group")

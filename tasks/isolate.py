@@ -226,3 +226,22 @@ def _drain(
         else:
             yield Failure(index, *payload)
             return
+
+
+def run_one_isolated(
+    fn: Callable[[Any], Iterable[Any]], item: Any, what: str, *, timeout_s: float, memory_mb: int | None
+) -> Any:
+    """The first record `fn(item)` yields in a worker process; ChildProcessError when the worker fails.
+
+    For a stage step that runs one shard per worker (CPU-parallel, and a crash costs one attempt).
+    ChildProcessError is an OSError, so the task's retry treats a lost worker as the transient fault it
+    usually is (the machine short of memory, a kill from outside).
+    """
+    for event in run_isolated(fn, [item], timeout_s=timeout_s, memory_mb=memory_mb):
+        if isinstance(event, Failure):
+            raise ChildProcessError(f"{what} failed: {event.reason}: {event.detail}")
+        if isinstance(event, Lost):
+            raise ChildProcessError(f"{what} failed: {event.detail}")
+        if isinstance(event, tuple):
+            return event[1][0]
+    raise ChildProcessError(f"{what} returned nothing")

@@ -31,8 +31,9 @@ from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage.layout import code_version
+from storage.rows import valid_batches
 from storage.schemas import DOCUMENT_SCHEMA
-from storage.shards import atomic_write, file_fingerprint, iter_batches
+from storage.shards import atomic_write, file_fingerprint
 from tasks.langid import load_fasttext, predict_lines
 
 POSITIVE = "__label__hq"
@@ -116,8 +117,9 @@ def read_texts(path: Path, text_field: str = "text") -> Iterator[str]:
     path = Path(path)
     name = path.name.lower()
     if name.endswith(".parquet"):
-        for batch in iter_batches(path, DOCUMENT_SCHEMA):
-            yield from (t for t in batch.column(text_field).to_pylist() if t)
+        # Unusable rows (invalid UTF-8, ...) are skipped: a classifier needs only the readable text.
+        for checked in valid_batches(path, DOCUMENT_SCHEMA, columns=[text_field]):
+            yield from (t for t in checked.batch.column(text_field).to_pylist() if t)
     elif name.removesuffix(".gz").endswith((".jsonl", ".ndjson")):
         yield from _read_jsonl(path, text_field)
     else:
@@ -409,7 +411,8 @@ def evaluate_labeled(model_path: str, jsonl: Path) -> dict[str, Any]:
 def _training_key(ctx: Any, inputs: dict[str, Any]) -> str:
     """Cache key part: the bytes of every training file and the training code, not just the paths."""
     files = [file_fingerprint(Path(p)) for p in [*inputs["positives"], *inputs["negatives"]]]
-    return hash_objects(files, code_version("tasks.quality", "tasks.langid"), raise_on_failure=True)
+    code = code_version("tasks.quality", "tasks.langid", "storage.rows")
+    return hash_objects(files, code, raise_on_failure=True)
 
 
 _TRAIN_POLICY = CacheKeyFnPolicy(cache_key_fn=_training_key) + INPUTS + TASK_SOURCE

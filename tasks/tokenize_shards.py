@@ -2,26 +2,36 @@
 
 Documents are encoded in batches with the library's parallel `encode_batch_fast` (Rust threads, no
 offsets), each followed by the end-of-text id. The split is decided per document by a hash of its id, so
-a document stays on its side when filters upstream change.
+a document stays on its side when filters upstream change. Rows that are not usable documents (invalid
+UTF-8, a null required field, a value over the size cap, or encoding that raised) are skipped, counted in
+the ref and listed with their reasons in `<shard>.drops.parquet` beside the token shards.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tokenizers import Tokenizer
 
-from storage.cache import SHARD_POLICY
-from storage.schemas import DOCUMENT_SCHEMA
-from storage.shards import iter_batches
+from storage.cache import stage_task
+from storage.rows import BadRow, CheckedBatch, as_drop, per_row, valid_batches
+from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA, storable_drops
+from storage.shards import write_shard
 from storage.tokens import token_dtype, write_token_shard
 from tasks.tokenizer import TokenizerConfig, load, special_ids, train
 
 SPLITS = ("train", "val")
+TOKENIZE_ERROR = "tokenize_error"
+"""A document whose encoding raised: skipped (the exception is logged), its shard goes on."""
+
+logger = logging.getLogger(__name__)
 
 
 class TokenizeConfig(BaseModel):
@@ -65,6 +75,11 @@ def shard_names(in_name: str) -> dict[str, str]:
     return {s: f"{stem}.{s}.arrow" for s in SPLITS}
 
 
+def drops_name(in_name: str) -> str:
+    """`shard-x.parquet` -> `shard-x.drops.parquet`, the rows it skipped (written only when there are any)."""
+    return in_name.removesuffix(".parquet") + ".drops.parquet"
+
+
 class TokenShardRef(BaseModel):
     """One input shard's token shards and their counts."""
 
@@ -76,6 +91,30 @@ class TokenShardRef(BaseModel):
     documents: dict[str, int]
     tokens: dict[str, int]
     seconds: float
+    dropped: dict[str, int] = {}
+    """Rows skipped, by reason (doc_invalid_utf8, tokenize_error, ...)."""
+    drops_path: str | None = None
+    """File (beside the token shards) listing the skipped rows with their ids and reasons; None when none."""
+
+
+def _encode(checked: CheckedBatch, tok: Tokenizer, eos: int, dtype: np.dtype) -> Sequence[np.ndarray | None]:
+    """Tokens of each document of a batch, followed by end-of-text; None where encoding raised."""
+
+    def encoded(texts: Sequence[str]) -> list[np.ndarray]:
+        """One batch through the tokenizer's parallel encoder."""
+        return [np.array([*enc.ids, eos], dtype=dtype) for enc in tok.encode_batch_fast(texts)]
+
+    ids = checked.batch.column("id").to_pylist()
+    return per_row(encoded, checked.batch.column("text").to_pylist(), ids, logger, "tokenizing")
+
+
+def _write_drops(path: Path, dropped: list[BadRow]) -> str | None:
+    """List the skipped rows in a drops file (removing a stale one when there are none); its name or None."""
+    if not dropped:
+        path.unlink(missing_ok=True)
+        return None
+    write_shard(path, storable_drops([as_drop(b) for b in dropped]), DROP_SCHEMA)
+    return path.name
 
 
 def tokenize_shard(
@@ -86,18 +125,22 @@ def tokenize_shard(
     out_dir: str,
     cfg: TokenizeConfig,
 ) -> TokenShardRef:
-    """Encode every document of one shard and write its train and val token shards."""
+    """Encode every usable document of one shard and write its train and val token shards."""
     start = time.perf_counter()
     tok = load(Path(tokenizer_path), tokenizer_hash)
     eos, _ = special_ids(tok, cfg.tokenizer)
     dtype = token_dtype(tok.get_vocab_size())
     parts: dict[str, tuple[list[str], list[np.ndarray]]] = {s: ([], []) for s in SPLITS}
-    for batch in iter_batches(Path(in_path), DOCUMENT_SCHEMA, cfg.batch_size, columns=["id", "text"]):
-        ids = batch.column("id").to_pylist()
-        for doc_id, enc in zip(ids, tok.encode_batch_fast(batch.column("text").to_pylist()), strict=True):
-            names, arrays = parts[split_of(doc_id, cfg.val_fraction)]
-            names.append(doc_id)
-            arrays.append(np.array([*enc.ids, eos], dtype=dtype))
+    dropped: list[BadRow] = []
+    columns = ["id", "text", "uri", "source", "input_uri"]  # the last three name a skipped row
+    for checked in valid_batches(Path(in_path), DOCUMENT_SCHEMA, cfg.batch_size, columns=columns):
+        encoded = _encode(checked, tok, eos, dtype)
+        dropped += checked.dropped(np.array([e is not None for e in encoded], dtype=bool), TOKENIZE_ERROR)
+        for doc_id, tokens in zip(checked.batch.column("id").to_pylist(), encoded, strict=True):
+            if tokens is not None:
+                names, arrays = parts[split_of(doc_id, cfg.val_fraction)]
+                names.append(doc_id)
+                arrays.append(tokens)
     files = shard_names(Path(in_path).name)
     documents, tokens = {}, {}
     for split, (names, arrays) in parts.items():
@@ -121,6 +164,8 @@ def tokenize_shard(
         documents=documents,
         tokens=tokens,
         seconds=round(time.perf_counter() - start, 3),
+        dropped=dict(sorted(Counter(b.reason for b in dropped).items())),
+        drops_path=_write_drops(Path(out_dir) / drops_name(Path(in_path).name), dropped),
     )
 
 
@@ -143,9 +188,5 @@ def train_tokenizer(
     }
 
 
-train_tokenizer_task = task(
-    name="train-tokenizer", cache_policy=SHARD_POLICY, persist_result=True, retries=1
-)(train_tokenizer)
-tokenize_shard_task = task(name="tokenize-shard", cache_policy=SHARD_POLICY, persist_result=True, retries=1)(
-    tokenize_shard
-)
+train_tokenizer_task = stage_task(train_tokenizer, "train-tokenizer")
+tokenize_shard_task = stage_task(tokenize_shard, "tokenize-shard")

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, field_validator
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from storage.rows import valid_batches
 from storage.schemas import DOCUMENT_SCHEMA
-from storage.shards import atomic_write, iter_batches
+from storage.shards import atomic_write
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -72,10 +73,11 @@ def in_sample(doc_id: str, percent: float) -> bool:
 
 
 def training_texts(shards: list[Path], cfg: TokenizerConfig) -> Iterator[str]:
-    """Texts of the sampled documents, in shard order, up to `train_bytes`."""
+    """Texts of the sampled documents, in shard order, up to `train_bytes` (unusable rows skipped)."""
     budget = cfg.train_bytes
     for shard in shards:
-        for batch in iter_batches(shard, DOCUMENT_SCHEMA, 1000, columns=["id", "text"]):
+        for checked in valid_batches(shard, DOCUMENT_SCHEMA, 1000, columns=["id", "text"]):
+            batch = checked.batch
             for doc_id, text in zip(
                 batch.column("id").to_pylist(), batch.column("text").to_pylist(), strict=True
             ):

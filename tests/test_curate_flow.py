@@ -8,13 +8,15 @@ from typing import Any
 import pytest
 from conftest import task_states
 from prefect.task_runners import ThreadPoolTaskRunner
+from test_bad_rows import _break, _good_docs
 
 from flows.curate import curate_flow
 from flows.ingest import run_ingest
 from flows.inspect_run import inspect_run
-from storage.layout import manifest_shards
-from storage.schemas import DOCUMENT_SCHEMA, SCORES_SCHEMA
-from storage.shards import read_shard
+from storage.layout import manifest_shards, stage_manifest, write_manifest
+from storage.refs import ShardRef
+from storage.schemas import DOCUMENT_SCHEMA, SCORES_SCHEMA, documents_table
+from storage.shards import file_fingerprint, read_shard, write_shard
 from tasks.demo_corpus import build_demo_corpus
 from tasks.ingest import IngestConfig
 from tasks.scoring import CurateConfig
@@ -105,3 +107,24 @@ def test_cli_curate_and_inspect(ingested: Path, prefect_api: str) -> None:
         cwd=root,
     )
     assert bad.returncode == 1 and "no complete ingest stage" in bad.stderr
+
+
+def test_unreadable_rows_of_an_outside_stage_are_drops_with_reasons(prefect_api: str, tmp_path: Path) -> None:
+    # An external --ingest-dir (or a shard from another tool) with invalid UTF-8 in one row: the flow
+    # completes, the row is a drop with its reason, counts add up, and inspect shows it.
+    docs = _good_docs()
+    table = _break(documents_table(docs), 2, "text")
+    stage = tmp_path / "outside" / "ingest" / "k"
+    path = stage / "shard-00000.parquet"
+    write_shard(path, table, DOCUMENT_SCHEMA)
+    ref = ShardRef(
+        path=path.name, rows=len(docs), bytes=path.stat().st_size, fingerprint=file_fingerprint(path),
+        drops_path=path.name, drops=0, inputs=[], per_source={}, drop_reasons={}, seconds=0.0,
+    )  # fmt: skip
+    write_manifest(stage, stage_manifest("ingest", "k", "test", None, {}, [ref]))
+    flow = curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    result = flow(run_root=str(tmp_path / "run"), config=CurateConfig(), ingest_dir=str(stage))
+    assert result["documents_in"] == len(docs) == result["documents"] + result["drops"]
+    assert result["drop_reasons"]["doc_invalid_utf8"] == 1
+    shown = inspect_run(tmp_path / "run", "curate", "doc_invalid_utf8", 5, 0)
+    assert [e["id"] for e in shown["examples"]] == [docs[2].id] and shown["examples"][0]["signals"] is None

@@ -180,10 +180,15 @@ def test_index_dedups_later_runs_against_earlier_ones(tmp_path: Path) -> None:
     assert rows[second[1].id]["drop_reason"] == DUP_EXACT and rows[second[1].id]["kept_id"] == first[1].id
     assert rows[second[0].id]["similarity"] >= 0.8  # verified against the earlier run's stored text
     assert all(rows[d.id]["drop_reason"] is None for d in second[2:])
-    # When the earlier run's text is gone, the LSH verdict stands, marked by an unknown similarity.
-    (out1 / entry["path"]).unlink()
-    _, rows, _ = _dedup(stage2, tmp_path / "w2b", cfg, index, base="run2")
-    assert rows[second[0].id]["drop_reason"] == DUP_MINHASH and rows[second[0].id]["similarity"] is None
+    # When the earlier run's text is gone or unreadable, the LSH verdict stands, marked by an unknown
+    # similarity.
+    data = (out1 / entry["path"]).read_bytes()
+    for k, damaged in enumerate((b"", data[: len(data) // 2])):
+        (out1 / entry["path"]).unlink(missing_ok=True)
+        if damaged:
+            (out1 / entry["path"]).write_bytes(damaged)
+        _, rows, _ = _dedup(stage2, tmp_path / f"w2b-{k}", cfg, index, base="run2")
+        assert rows[second[0].id]["drop_reason"] == DUP_MINHASH and rows[second[0].id]["similarity"] is None
 
     # A run never dedups against its own earlier commit, so re-running it gives the same answer.
     _, again, _ = _dedup(stage1, tmp_path / "w1b", cfg, index, base="run1")
