@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,9 @@ def server(url: str | None) -> Iterator[None]:
         return
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.server import telemetry_off
+
+    telemetry_off(os.environ)  # offline, the server's telemetry logs an ERROR at every start
     with prefect_test_harness(server_startup_timeout=120):
         yield
 

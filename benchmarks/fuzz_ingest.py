@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,30 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench_pipeline import server  # noqa: E402  (the benchmarks' one temporary-or-given server)
+
 # Server services that only persist events or watch schedules: a long fuzz run's thousands of task runs
 # would keep SQLite busy with writes nobody reads (the tests' session server turns off the same ones).
 IDLE_SERVICES = ("EVENT_PERSISTER", "TRIGGERS", "SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS")
-
-
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[None]:
-    """Use the server at `url`, or a temporary one for the duration."""
-    if url:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield
-        return
-    for service in IDLE_SERVICES:
-        os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.server import telemetry_off
-
-    telemetry_off(os.environ)  # offline, the server's telemetry logs an ERROR at every start
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @dataclass
@@ -230,6 +210,8 @@ def fuzz_flow(args: argparse.Namespace) -> Totals:
     totals = Totals()
     start_wall, start_cpu = time.perf_counter(), cpu_seconds()
     quiet_workers(args.worker_stderr)
+    for service in IDLE_SERVICES:
+        os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
     with server(args.server):
         for start in range(0, args.cases, args.batch):
             count = min(args.batch, args.cases - start)
