@@ -31,9 +31,7 @@ def ingest_dir(run_root: str | Path, cfg: IngestConfig) -> Path:
 
 def _submit(group: InputGroup, cfg: IngestConfig, out_dir: Path, run_root: str) -> Any:
     """Submit one group; force a recompute when a cached result's shard has gone missing."""
-    # Prefect formats run names as templates of the task's parameters: braces in a file name are literal.
-    label = group.label.replace("{", "{{").replace("}", "}}")
-    name = f"ingest-{group.kind}: {label}"
+    name = f"ingest-{group.kind}: {group.label}"
     runner = cached_options(ingest_group_task, name, run_root, out_dir, group.shard_name, group.drops_name)
     return runner.submit(group, cfg, str(out_dir))
 

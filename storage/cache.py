@@ -8,6 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
+from storage.schemas import clean_str
+
 # Keys on the task's inputs (which carry input fingerprints, the config and the stage directory, itself keyed
 # by code version) and on the task's own source. Never INPUTS alone: it collides across tasks.
 SHARD_POLICY = INPUTS + TASK_SOURCE
@@ -26,8 +28,17 @@ def cached_options(task_obj: Any, name: str, run_root: Path | str, out_dir: Path
     """
     complete = all((Path(out_dir) / name_).exists() for name_ in outputs)
     return task_obj.with_options(
-        task_run_name=name, result_storage=result_store(run_root), refresh_cache=not complete
+        task_run_name=literal_run_name(name),
+        result_storage=result_store(run_root),
+        refresh_cache=not complete,
     )
+
+
+def literal_run_name(name: str) -> str:
+    """A run name Prefect shows as written, whatever file name it holds."""
+    # Prefect formats a run name as a template of the task's parameters (a file named `x{a,b}.txt` failed
+    # the stage) and sends it in JSON events (a lone surrogate from an undecodable name failed each one).
+    return clean_str(name).replace("{", "{{").replace("}", "}}")
 
 
 # Faults a second attempt can fix: I/O (a full disk freed, a flaky network file system, a dropped

@@ -87,11 +87,10 @@ class InputGroup(BaseModel):
 
     @property
     def label(self) -> str:
-        """A short human label for run names (undecodable bytes of a file name shown as U+FFFD)."""
+        """A short human label for run names."""
         if self.urls:
             return f"{len(self.urls)} urls"
-        # Prefect's events are JSON: a name with a lone surrogate would fail to send every state change.
-        first = clean_str(Path(self.files[0].path).name)
+        first = Path(self.files[0].path).name
         return first if len(self.files) == 1 else f"{first} +{len(self.files) - 1}"
 
 
