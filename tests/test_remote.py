@@ -178,10 +178,13 @@ def _counts(summary: dict) -> dict:
 
 
 def _manifest_view(path: Path, root: Path) -> dict:
-    """A manifest with its run root's path replaced and per-shard timings dropped (they differ by run)."""
+    """A manifest with its run root's path replaced and timings and memory peaks dropped (they differ by
+    run)."""
+    measured = ("seconds", "max_input_seconds", "peak_worker_rss_mb")
     manifest = json.loads(path.read_text().replace(str(root), "<root>"))
-    for shard in manifest.get("shards", []):
-        shard.pop("seconds", None)
+    for entry in [manifest, *manifest.get("shards", [])]:
+        for key in measured:
+            entry.pop(key, None)
     return manifest
 
 
