@@ -156,8 +156,28 @@ def _open(path: Path) -> pymupdf.Document:
     return pymupdf.open(path, filetype="pdf")
 
 
+# Readers accept the %PDF- header anywhere in the first 1024 bytes (the PDF spec's allowance for junk).
+_HEADER_WINDOW = 1024
+
+
+def _markup_not_pdf(path: Path) -> str | None:
+    """A reason not to open a file named .pdf that has no PDF header and starts with markup, else None.
+
+    MuPDF recognizes documents by content, whatever type it is told: such a file is parsed as XHTML, HTML
+    or SVG, and deeply nested markup takes it minutes (a 40 KB page of nested divs: 7 s). Files without a
+    header that do not look like markup still go to MuPDF, whose repair may find PDF objects in them.
+    """
+    with path.open("rb") as f:
+        head = f.read(_HEADER_WINDOW)
+    if b"%PDF-" in head or not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        return None
+    return f"not a PDF: no %PDF- header, and it starts with markup ({head[:40]!r})"
+
+
 def _build(path: Path, uri: str, cfg: PdfConfig) -> Document | Drop:
     """Open, unlock and extract one PDF; every failure mode becomes a Drop."""
+    if reason := _markup_not_pdf(path):
+        return _drop(uri, "pdf_unreadable", reason)
     try:
         doc = _open(path)
     except Exception as exc:  # MuPDF raises several types for files it cannot even repair

@@ -456,3 +456,18 @@ def test_mupdf_messages_are_kept_off_the_console(
     assert capfd.readouterr() == ("", "")
     assert "repairing PDF document" in drop.detail
     assert "trying to repair broken xref" in doc.meta["mupdf_warnings"]
+
+
+def test_markup_named_pdf_is_not_handed_to_mupdf(tmp_path: Path) -> None:
+    # MuPDF sniffs content and parsed this as XHTML for 7 s (a fuzzed page of nested divs named .pdf).
+    page = tmp_path / "page.pdf"
+    page.write_bytes(b'\xef\xbb\xbf <?xml version="1.0"?><html><body>' + b"<div>" * 8000)
+    (drop,) = extract_pdf(page, PdfConfig())
+    assert isinstance(drop, Drop) and drop.reason == "pdf_unreadable" and "starts with markup" in drop.detail
+    # Junk before the header is allowed within the first 1024 bytes, as readers do.
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "A page of real text after some junk.")
+    junk = tmp_path / "junk.pdf"
+    junk.write_bytes(b"<junk>\n" * 20 + doc.tobytes())
+    (kept,) = extract_pdf(junk, PdfConfig())
+    assert isinstance(kept, Document) and "real text" in kept.text
