@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,14 @@ def untouched_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No opt-out and no malloc settings of the user's in the environment."""
     for name in (*malloc.USER_SETTINGS, "CRUCIBLE_MALLOC_TUNING"):
         monkeypatch.delenv(name, raising=False)
+
+
+def settled_rss_mb() -> float:
+    """Resident memory after glibc hands back its free pages, so a new block has to be faulted in."""
+    # In a test process that ran other tests the heap may hold a free, resident 128 MiB already; the
+    # block below would reuse it and show no growth whether or not the tuning keeps freed memory.
+    malloc.glibc().malloc_trim(ctypes.c_size_t(0))
+    return rss_mb()
 
 
 def rss_mb() -> float:
@@ -90,7 +99,7 @@ def test_training_steps_reuse_memory_instead_of_page_faulting_it_in() -> None:
 def test_memory_is_handed_back_when_the_block_ends() -> None:
     """Inside, a freed 128 MiB stays resident for reuse; on the way out malloc_trim returns it."""
     with malloc.reuse_freed_memory():
-        start = rss_mb()
+        start = settled_rss_mb()
         big = torch.ones(128 << 18)  # 128 MiB, touched
         del big
         kept = rss_mb() - start
@@ -131,7 +140,7 @@ def test_only_the_outermost_block_hands_memory_back() -> None:
     with malloc.reuse_freed_memory():
         with malloc.reuse_freed_memory() as inner:
             assert inner
-        start = rss_mb()
+        start = settled_rss_mb()
         big = torch.ones(128 << 18)  # 128 MiB, touched
         del big
         assert rss_mb() - start > 100  # still tuned after the inner block ended
