@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,12 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.layout import code_version, manifest_shards, read_manifest, stage_key, write_manifest
+from storage.cache import literal_run_name
+from storage.layout import code_version, manifest_shards, read_manifest, short_hash, stage_key, write_manifest
 from storage.schemas import (
     DOCUMENT_SCHEMA,
     DROP_SCHEMA,
     Document,
     Drop,
+    clean_str,
     documents_table,
     new_document,
     normalize_for_hash,
@@ -227,3 +230,30 @@ def test_a_version_1_shard_still_reads_with_the_new_columns_null(tmp_path: Path)
     pq.write_table(pa.table({"id": ["a"]}).replace_schema_metadata(meta), tmp_path / "bad.parquet")
     with pytest.raises(SchemaError, match="missing fields"):
         read_shard(tmp_path / "bad.parquet", DROP_SCHEMA)
+
+
+# Any text a file name, a parser message or broken UTF-16 can hand us: lone surrogates and braces included.
+_ANY_TEXT = st.text(st.characters(categories=["Cs", "Ll", "Lu", "Nd", "Zs", "Cc", "Ps", "Pe", "So"]))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(_ANY_TEXT, _ANY_TEXT, _ANY_TEXT, _ANY_TEXT)
+def test_any_strings_make_storable_records(text: str, uri: str, title: str, note: str) -> None:
+    # The class behind the issue's first failure (a MuPDF warning with undecodable bytes failed a whole
+    # group): whatever strings a record holds, it is stored, its id and hashes are computed, nothing raises.
+    doc = new_document(text or "x", source="pdf", uri=uri, title=title, meta={"warnings": [note]})
+    table, unwritable = storable_documents([replace(doc, input_uri=uri)])
+    assert unwritable == [] and table.num_rows == 1
+    assert table["meta_json"][0].as_py().encode("utf-8")  # strict UTF-8, as every writer needs
+    drops = storable_drops([Drop(uri, "pdf", "pdf_unreadable", note, part=title, input_uri=uri)])
+    assert drops["drop_reason"].to_pylist() == ["pdf_unreadable"] and short_hash([uri, note])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(_ANY_TEXT, st.dictionaries(st.sampled_from(["a", "cfg", "0", "group"]), st.integers()))
+def test_any_name_is_a_literal_prefect_run_name(name: str, parameters: dict[str, int]) -> None:
+    # Prefect formats a task run name with the task's parameters and sends it in JSON events: a file
+    # named `x{a,b}.txt` failed the ingest stage, one with undecodable bytes lost every state event.
+    shown = literal_run_name(name).format(**parameters)
+    assert shown == clean_str(name)
+    shown.encode("utf-8")  # raises on a lone surrogate, as a JSON event would
