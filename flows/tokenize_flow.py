@@ -40,6 +40,7 @@ from tasks.tokenizer import load, special_ids, tokenizer_hash
 STAGE = "tokens"
 CODE_MODULES = (
     "storage.rows",
+    "storage.layout",
     "storage.schemas",
     "storage.shards",
     "storage.tokens",

@@ -28,6 +28,11 @@ def short_hash(obj: Any, n: int = 16) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()[:n]
 
 
+def sidecar_name(shard_name: str, kind: str) -> str:
+    """`shard-x.parquet` -> `shard-x.<kind>.parquet`: a file about a shard, beside it."""
+    return f"{shard_name.removesuffix('.parquet')}.{kind}.parquet"
+
+
 def code_version(*modules: str) -> str:
     """Hash the source of the named modules, so changing stage code changes the stage key."""
     h = hashlib.blake2b(digest_size=16)

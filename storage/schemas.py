@@ -191,10 +191,12 @@ class Document:
     input_uri: str | None = None
 
     def row(self) -> dict[str, Any]:
-        """The Arrow row for this document, every string made encodable."""
+        """The Arrow row for this document, every string made encodable (the text by new_document)."""
         return {
             "id": self.id,
-            "text": clean_str(self.text),
+            # Already encodable: new_document, which every extractor uses, cleans it before hashing. A
+            # Document built otherwise with unencodable text becomes record_unwritable (storable_documents).
+            "text": self.text,
             "source": self.source,
             "uri": clean_str(self.uri),
             "title": _clean_opt(self.title),

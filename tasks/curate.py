@@ -15,6 +15,7 @@ from tasks.scoring import CurateConfig, quality_threshold, score_shard_item, sel
 # Modules whose source decides what curation writes; their hash is part of the stage keys.
 CODE_MODULES = (
     "storage.rows",
+    "storage.layout",
     "storage.schemas",
     "storage.shards",
     "tasks.curate",

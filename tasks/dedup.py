@@ -17,6 +17,7 @@ from tasks.isolate import run_one_isolated
 # Modules whose source decides what dedup writes; their hash is part of the stage keys.
 CODE_MODULES = (
     "storage.rows",
+    "storage.layout",
     "storage.schemas",
     "storage.shards",
     "tasks.dedup",

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage.layout import sidecar_name as layout_sidecar
 from storage.refs import ShardRef
 from storage.rows import CheckedBatch, valid_batches
 from storage.schemas import DEDUP_SCHEMA, DOCUMENT_SCHEMA, INDEX_SCHEMA
@@ -34,7 +35,7 @@ from tasks.dedup_sigs import SigRef, band_list, read_signatures
 
 def sidecar_name(shard_name: str) -> str:
     """`shard-x.parquet` -> `shard-x.dedup.parquet`."""
-    return shard_name.removesuffix(".parquet") + ".dedup.parquet"
+    return layout_sidecar(shard_name, "dedup")
 
 
 def bucket_step(

@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 BATCH = 256
+# The reason of an item (or, from an extractor that catches MemoryError itself, a record) over the cap.
+OUT_OF_MEMORY = "extract_out_of_memory"
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def _child(conn: Connection, fn: Callable[[Any], Iterable[Any]], memory_mb: int 
             _send(conn, index, batch)
             conn.send(("done", index, _peak_rss_mb()))
         except MemoryError:
-            conn.send(("failed", index, ("extract_out_of_memory", f"over the {memory_mb} MB worker cap")))
+            conn.send(("failed", index, (OUT_OF_MEMORY, f"over the {memory_mb} MB worker cap")))
         except Exception as exc:  # an extractor bug must cost one file, not the whole group
             tb = traceback.format_exc(limit=3)
             conn.send(("failed", index, ("extract_error", f"{type(exc).__name__}: {exc}\n{tb}")))

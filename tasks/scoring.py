@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.layout import sidecar_name as layout_sidecar
 from storage.refs import ShardRef
 from storage.rows import BadRow, CheckedBatch, per_row, valid_batches
 from storage.schemas import DOCUMENT_SCHEMA, SCORES_SCHEMA
@@ -66,7 +67,7 @@ class CurateConfig(BaseModel):
 
 def sidecar_name(shard_name: str) -> str:
     """`shard-x.parquet` -> `shard-x.scores.parquet`."""
-    return shard_name.removesuffix(".parquet") + ".scores.parquet"
+    return layout_sidecar(shard_name, "scores")
 
 
 def _each(fn: Callable[[list[int]], Sequence[R]], todo: list[int], ids: list[str], what: str) -> dict[int, R]:

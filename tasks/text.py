@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from storage.schemas import Document, Drop, new_document
 from tasks.gutenberg import strip_gutenberg
+from tasks.isolate import OUT_OF_MEMORY  # the worker's own reason: a JSONL line over the cap costs that line
 from tasks.markdown_text import clean_title, markdown_to_text
 
 SOURCE = "text"
@@ -46,8 +47,6 @@ _BOMS = (
 _C1_BYTES = re.compile(rb"[\x80-\x9f]")  # where cp1252 and latin-1 differ
 _SNIFF_BYTES = 8192  # where NUL bytes mean "binary", as git and grep judge it
 _JUNK = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
-# The isolated worker's reason for an input over its memory cap; a JSONL line over it costs only that line.
-OUT_OF_MEMORY = "extract_out_of_memory"
 _MEMORY_DETAIL = "extracting it needs more memory than the worker may use (worker_memory_mb)"
 # JSONL records nested deeper are bad lines: json.loads gives up at about 1000 levels, and pickle, which
 # sends records out of the isolated worker, at about 500, losing the whole batch of records with it.

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tokenizers import Tokenizer
 
 from storage.cache import stage_task
+from storage.layout import sidecar_name
 from storage.rows import BadRow, CheckedBatch, as_drop, per_row, valid_batches
 from storage.schemas import DOCUMENT_SCHEMA, DROP_SCHEMA, storable_drops
 from storage.shards import write_shard
@@ -77,7 +78,7 @@ def shard_names(in_name: str) -> dict[str, str]:
 
 def drops_name(in_name: str) -> str:
     """`shard-x.parquet` -> `shard-x.drops.parquet`, the rows it skipped (written only when there are any)."""
-    return in_name.removesuffix(".parquet") + ".drops.parquet"
+    return sidecar_name(in_name, "drops")
 
 
 class TokenShardRef(BaseModel):
